@@ -1,0 +1,11 @@
+"""Exceptions raised for bad user input. Each message names the argument and what is allowed."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent with another one."""
+
+
+def require(condition: bool, argument: str, allowed: str, got) -> None:
+    """Raise ConfigError('<argument> must be <allowed> (got <got>)') unless condition holds."""
+    if not condition:
+        raise ConfigError(f"{argument} must be {allowed} (got {got!r})")

@@ -1,0 +1,131 @@
+"""Planner configuration and the named presets.
+
+A `PlanConfig` holds everything the index math needs; nothing here touches tensors. Presets
+reproduce the official configurations (FIFO-Diffusion on VideoCrafter2, MIGA on VideoCrafter2
+and Wan2.1-1.3B); any field can be overridden and the result is validated as a whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import ConfigError, require
+
+MODES = ("fifo", "miga", "miga-stream")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Schedule parameters. Level index i ∈ [0, num_steps), num_steps-1 the noisiest."""
+
+    mode: str = "miga"
+    num_steps: int = 64  # T: sampler steps
+    window: int = 16  # f0: latents per model call (the model's native window)
+    solver: str = "ddim"  # ddim | flow-euler | flow-unipc
+    # FIFO-Diffusion
+    lookahead: bool = True  # 2n half-overlapping windows instead of n disjoint ones
+    # MIGA stage 1 (zigzag queue with long-range guidance)
+    zigzag: int = 4  # L_zig: latents per level block
+    guidance_frames: int = 4  # m_guid: read-only guidance latents prepended to each window
+    stride: int = 8  # window stride; also the period of the dynamic window offset
+    end_level: int = 10  # stage-1 end level (official `fifo_end_noise_index`)
+    # MIGA stage 2 + refine
+    refine_level: int = 10  # re-noise level of the refine pass (0 disables it)
+    # Self-reflection
+    reflection: bool = False
+    judged_level: int = 50  # level of the judged block
+    reflect_blocks: int = 3  # r: guide blocks before the judged block
+    candidates: int = 5  # K rollouts
+    reflect_threshold: float = 0.001  # trigger when previous score - current score > threshold
+    # miga-stream
+    stream_context: int | None = None  # finished latents prepended to each stage-2 chunk (None: f0//2)
+
+    @property
+    def padding(self) -> int:
+        """FIFO lookahead padding slots P (f0/2 with lookahead, else 0)."""
+        return self.window // 2 if (self.mode == "fifo" and self.lookahead) else 0
+
+    @property
+    def stage1_window(self) -> int:
+        """Queue latents per stage-1 window (f0 - m)."""
+        return self.window - self.guidance_frames
+
+    @property
+    def context_len(self) -> int:
+        """Read-only finished latents per miga-stream stage-2 window."""
+        return self.window // 2 if self.stream_context is None else self.stream_context
+
+    @property
+    def stream_chunk(self) -> int:
+        """New latents finished per miga-stream stage-2 chunk."""
+        return self.window - self.context_len
+
+    def replace(self, **overrides) -> PlanConfig:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            allowed = ", ".join(f.name for f in dataclasses.fields(self))
+            raise ConfigError(f"unknown configuration field(s) {unknown}; allowed: {allowed}")
+        return dataclasses.replace(self, **overrides).validated()
+
+    def validated(self) -> PlanConfig:
+        """Check every field and every cross-field constraint; return self."""
+        require(self.mode in MODES, "mode", f"one of {MODES}", self.mode)
+        require(self.solver in ("ddim", "flow-euler", "flow-unipc"), "solver",
+                "one of ('ddim', 'flow-euler', 'flow-unipc')", self.solver)
+        require(self.window >= 2, "window (f0)", "an integer >= 2", self.window)
+        require(self.num_steps >= 2, "num_steps (T)", "an integer >= 2", self.num_steps)
+        if self.mode == "fifo":
+            require(self.num_steps % self.window == 0, "num_steps (T)",
+                    f"a multiple of window f0={self.window} (T = n*f0, n partitions)", self.num_steps)
+            require(not self.lookahead or self.window % 2 == 0, "window (f0)",
+                    "even when lookahead is on", self.window)
+            return self
+        L, m, f0 = self.zigzag, self.guidance_frames, self.window
+        require(L >= 1, "zigzag (L_zig)", "an integer >= 1", L)
+        require(f0 % L == 0, "zigzag (L_zig)", f"a divisor of window f0={f0}", L)
+        require(0 <= m < f0, "guidance_frames (m)", f"in [0, f0={f0})", m)
+        require(1 <= self.stride <= f0 - m, "stride", f"in [1, f0-m={f0 - m}]", self.stride)
+        require(1 <= self.end_level < self.num_steps - f0 // L - 1, "end_level",
+                f"in [1, T - f0/L - 1 = {self.num_steps - f0 // L - 1}) so the initial queue starts above it",
+                self.end_level)
+        require(0 <= self.refine_level < self.num_steps, "refine_level", f"in [0, T={self.num_steps})",
+                self.refine_level)
+        if self.reflection:
+            r = self.reflect_blocks
+            require(r >= 1, "reflect_blocks (r)", "an integer >= 1", r)
+            require(self.candidates >= 1, "candidates (K)", "an integer >= 1", self.candidates)
+            require(self.end_level + r < self.judged_level < self.num_steps - 1, "judged_level",
+                    f"in (end_level + r = {self.end_level + r}, T-1 = {self.num_steps - 1})",
+                    self.judged_level)
+            require((r + 1) * L <= f0, "reflect_blocks (r)",
+                    f"at most f0/L - 1 = {f0 // L - 1} so guide + judged block fit one window", r)
+        if self.mode == "miga-stream":
+            require(1 <= self.context_len < f0, "stream_context", f"in [1, f0={f0})",
+                    self.stream_context)
+        return self
+
+
+PRESETS: dict[str, PlanConfig] = {
+    "vc2-fifo": PlanConfig(mode="fifo", num_steps=64, window=16, lookahead=True),
+    "vc2-fifo-nolookahead": PlanConfig(mode="fifo", num_steps=64, window=16, lookahead=False),
+    "vc2-miga": PlanConfig(mode="miga"),
+    "vc2-miga-stream": PlanConfig(mode="miga-stream"),
+}
+
+
+def preset(name: str, **overrides) -> PlanConfig:
+    """The named preset with `overrides` applied, validated."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset must be one of {sorted(PRESETS)} (got {name!r})")
+    return PRESETS[name].replace(**overrides)
+
+
+def check_latents(cfg: PlanConfig, num_latents: int) -> None:
+    """Validate the number of output latents N for this configuration."""
+    require(isinstance(num_latents, int) and num_latents > 0, "latents (N)", "a positive integer",
+            num_latents)
+    if cfg.mode == "miga":
+        require(num_latents >= cfg.window, "latents (N)",
+                f">= window f0={cfg.window} in mode 'miga' (the official offline stage 2 windows "
+                "need f0 output latents; use mode 'miga-stream' for shorter videos)", num_latents)

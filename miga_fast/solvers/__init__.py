@@ -1,0 +1,33 @@
+"""Per-slot vectorised diffusion solvers for the FIFO / MIGA queue engine (see ``base.py``)."""
+
+from __future__ import annotations
+
+from .base import Solver
+from .ddim import DDIMSolver
+from .flow import FLOW_SCHEDULES, FlowEulerSolver, FlowUniPCSolver, flow_schedule
+
+SOLVERS: dict[str, type[Solver]] = {
+    "ddim": DDIMSolver,
+    "flow_euler": FlowEulerSolver,
+    "flow_unipc": FlowUniPCSolver,
+}
+
+
+def make_solver(name: str, num_steps: int, **kw) -> Solver:
+    """Build the solver registered as ``name`` with ``num_steps`` levels; ``kw`` go to its constructor."""
+    if name not in SOLVERS:
+        allowed = ", ".join(map(repr, SOLVERS))
+        raise ValueError(f"make_solver: unknown name={name!r}; allowed values: {allowed}")
+    return SOLVERS[name](num_steps, **kw)
+
+
+__all__ = [
+    "FLOW_SCHEDULES",
+    "SOLVERS",
+    "DDIMSolver",
+    "FlowEulerSolver",
+    "FlowUniPCSolver",
+    "Solver",
+    "flow_schedule",
+    "make_solver",
+]
