@@ -4,6 +4,9 @@ Written to follow the official loops line by line (Python lists of (serial, leve
 `chunk_num`/`remainder` arithmetic, list pops) rather than the planner's structure, so a shared
 misunderstanding is unlikely. Produces trace records in the `miga-fast trace` format. Rollout
 calls with no write-back are skipped here too (they cannot change any latent).
+
+With an executor `ex` (tests/runtime/eager_executor.py) the same loops also compute the video
+eagerly on lists of tensors, which is how the engine's outputs are checked.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def _rec(phase, lat, idx, writes, candidate=-1):
     return r
 
 
-def fifo_trace(T, f0, lookahead, new_video_length):
+def fifo_trace(T, f0, lookahead, new_video_length, ex=None):
     serial = _Serials()
     n = T // f0
     latents, indices = [], []
@@ -34,11 +37,13 @@ def fifo_trace(T, f0, lookahead, new_video_length):
         for _ in range(f0 // 2):
             latents.append(serial())
             indices.append(0)
+            ex and ex.new(latents[-1], 0, "base", 0)
     for i in range(T):
         latents.append(serial())
         indices.append(i)
+        ex and ex.new(latents[-1], i, "base", max(0, i - (T - f0)))
     out = []
-    for _i in range(new_video_length + T - f0):
+    for it in range(new_video_length + T - f0):
         for rank in reversed(range(2 * n if lookahead else n)):
             start_idx = rank * (f0 // 2) if lookahead else rank * f0
             end_idx = start_idx + f0
@@ -46,12 +51,16 @@ def fifo_trace(T, f0, lookahead, new_video_length):
             idx = indices[start_idx:end_idx]
             writes = list(range(f0 // 2, f0)) if lookahead else list(range(f0))
             out.append(_rec("fifo", lat, idx, writes))
+            ex and ex.window("fifo", lat, idx, writes)
+        if ex and it >= T - f0:
+            ex.output(latents[f0 // 2 if lookahead else 0])
         latents = latents[1:] + [serial()]
+        ex and ex.new(latents[-1], T - 1, "noise")
     return out
 
 
 def miga_vc2_trace(N, T=64, L=4, m=4, f0=16, S=8, end=10, refine=10, reflection=False, judged_step=50,
-                   r=3, K=5, triggers=(), accept=None):
+                   r=3, K=5, triggers=(), accept=None, ex=None):
     """Official VC2 MIGA schedule; `triggers` are the ordinals of reflection checks that fire and
     `accept` the candidate the selection keeps (None: none beats the old score)."""
     serial = _Serials()
@@ -61,10 +70,11 @@ def miga_vc2_trace(N, T=64, L=4, m=4, f0=16, S=8, end=10, refine=10, reflection=
     out = []
     latent_list, steps_list = [], []
     noise_index = int((long_latent_len - f0) / L) - 1
-    for _chunk_index in range(int(f0 / L)):
-        for _ in range(L):
+    for chunk_index in range(int(f0 / L)):
+        for inner in range(L):
             latent_list.append(serial())
             steps_list.append(noise_index)
+            ex and ex.new(latent_list[-1], noise_index, "base", chunk_index * L + inner)
         noise_index += 1
 
     def guided(start_index, end_index):
@@ -85,6 +95,7 @@ def miga_vc2_trace(N, T=64, L=4, m=4, f0=16, S=8, end=10, refine=10, reflection=
         if skip_below >= 0 and not writes:
             return
         out.append(_rec(phase, lat, idx, writes, candidate))
+        ex and ex.window(phase, lat, idx, writes)
         for fi in range(cal_len):
             if start_index + fi >= skip_below:
                 st_list[start_index + fi] -= 1
@@ -97,6 +108,7 @@ def miga_vc2_trace(N, T=64, L=4, m=4, f0=16, S=8, end=10, refine=10, reflection=
         for _ in range(L):
             latent_list.append(serial())
             steps_list.append(T - 1)
+            ex and ex.new(latent_list[-1], T - 1, "base", f0 - 1)
         if len(latent_list) == long_latent_len:
             break
         if steps_list[0] <= end + 1:
@@ -117,7 +129,11 @@ def miga_vc2_trace(N, T=64, L=4, m=4, f0=16, S=8, end=10, refine=10, reflection=
             step("fill", sel, bias, cal_len, start_index, latent_list, steps_list)
         if reflection and steps_list[0] < judged_step - r:
             judged_index = int(judged_step - steps_list[0])
-            fired = n_checks in triggers
+            if ex:
+                fired = ex.check(latent_list[judged_index * L:(judged_index + 1) * L],
+                                 latent_list[(judged_index - r) * L: judged_index * L])
+            else:
+                fired = n_checks in triggers
             n_checks += 1
             if fired:
                 guide = latent_list[(judged_index - r) * L: judged_index * L]
@@ -129,6 +145,7 @@ def miga_vc2_trace(N, T=64, L=4, m=4, f0=16, S=8, end=10, refine=10, reflection=
                         for _ in range(L):
                             a_lat.append(serial())
                             a_steps.append(T - 1)
+                            ex and ex.new(a_lat[-1], T - 1, "base", f0 - 1)
                         n_a = len(a_lat)
                         chunk_num = int((n_a - f0) / S) + 2 if n_a - f0 > 0 else 1
                         remainder = (n_a - f0) % S if n_a - f0 > 0 else n_a
@@ -145,6 +162,8 @@ def miga_vc2_trace(N, T=64, L=4, m=4, f0=16, S=8, end=10, refine=10, reflection=
                             step("rollout", sel, 0, cal_len, start_index, a_lat, a_steps,
                                  skip_below=r * L, candidate=k)
                     results.append((a_lat, a_steps))
+                if ex:
+                    accept = ex.select([a[r * L:(r + 1) * L] for a, _ in results], guide)
                 if accept is not None:
                     a_lat, a_steps = results[accept]
                     latent_list = latent_list[: judged_index * L] + a_lat[r * L:]
@@ -190,6 +209,7 @@ def miga_vc2_trace(N, T=64, L=4, m=4, f0=16, S=8, end=10, refine=10, reflection=
             for _ in range(L):
                 latent_list.append(serial())
                 steps_list.append(T - 1)
+                ex and ex.new(latent_list[-1], T - 1, "noise")
 
     def unified(phase, lat_list, level, iters):
         st = [level] * len(lat_list)
@@ -220,5 +240,9 @@ def miga_vc2_trace(N, T=64, L=4, m=4, f0=16, S=8, end=10, refine=10, reflection=
 
     unified("stage2", saved, end - 1, end - 1)
     if refine:
+        ex and ex.renoise(saved, refine)
         unified("refine", saved, refine, refine)
+    if ex:
+        for s in saved[:N]:
+            ex.output(s)
     return out
