@@ -22,7 +22,7 @@ class PlanConfig:
     mode: str = "miga"
     num_steps: int = 64  # T: sampler steps
     window: int = 16  # f0: latents per model call (the model's native window)
-    solver: str = "ddim"  # ddim | flow-euler | flow-unipc
+    solver: str = "ddim"  # ddim | flow_euler | flow_unipc (miga_fast.solvers.SOLVERS)
     # FIFO-Diffusion
     lookahead: bool = True  # 2n half-overlapping windows instead of n disjoint ones
     # MIGA stage 1 (zigzag queue with long-range guidance)
@@ -71,8 +71,8 @@ class PlanConfig:
     def validated(self) -> PlanConfig:
         """Check every field and every cross-field constraint; return self."""
         require(self.mode in MODES, "mode", f"one of {MODES}", self.mode)
-        require(self.solver in ("ddim", "flow-euler", "flow-unipc"), "solver",
-                "one of ('ddim', 'flow-euler', 'flow-unipc')", self.solver)
+        require(self.solver in ("ddim", "flow_euler", "flow_unipc"), "solver",
+                "one of ('ddim', 'flow_euler', 'flow_unipc')", self.solver)
         require(self.window >= 2, "window (f0)", "an integer >= 2", self.window)
         require(self.num_steps >= 2, "num_steps (T)", "an integer >= 2", self.num_steps)
         if self.mode == "fifo":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import require
 from .base import Solver
 from .ddim import DDIMSolver
 from .flow import FLOW_SCHEDULES, FlowEulerSolver, FlowUniPCSolver, flow_schedule
@@ -14,10 +15,11 @@ SOLVERS: dict[str, type[Solver]] = {
 
 
 def make_solver(name: str, num_steps: int, **kw) -> Solver:
-    """Build the solver registered as ``name`` with ``num_steps`` levels; ``kw`` go to its constructor."""
-    if name not in SOLVERS:
-        allowed = ", ".join(map(repr, SOLVERS))
-        raise ValueError(f"make_solver: unknown name={name!r}; allowed values: {allowed}")
+    """Build the solver registered as ``name`` with ``num_steps`` levels; ``kw`` go to its constructor.
+
+    Raises ``ConfigError`` (a ``ValueError``) for an unknown ``name``.
+    """
+    require(name in SOLVERS, "name", f"one of {', '.join(map(repr, SOLVERS))}", name)
     return SOLVERS[name](num_steps, **kw)
 
 

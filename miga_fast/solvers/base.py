@@ -79,11 +79,11 @@ class Solver(abc.ABC):
     def check_levels(self, levels: Tensor) -> None:
         """Debug-only validation of ``levels`` (syncs with the host, keep it off the hot path)."""
         if levels.dtype != torch.int64:
-            raise ValueError(f"levels must be an int64 tensor, got dtype={levels.dtype}")
+            raise ValueError(f"levels must be an int64 tensor (got dtype={levels.dtype})")
         if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= self.num_steps):
             raise ValueError(
-                f"levels must lie in [0, num_steps={self.num_steps}), got min={int(levels.min())} "
-                f"max={int(levels.max())}"
+                f"levels must be in [0, num_steps={self.num_steps}) "
+                f"(got min={int(levels.min())}, max={int(levels.max())})"
             )
 
     def to(self, device: torch.device | str) -> Solver:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import require
 from .base import Solver, compute_dtype, per_latent
 
 
@@ -35,10 +36,7 @@ class DDIMSolver(Solver):
         num_train_timesteps: int = 1000,
         device: torch.device | str | None = None,
     ):
-        if num_steps < 1 or num_steps > num_train_timesteps:
-            raise ValueError(
-                f"num_steps must lie in [1, num_train_timesteps={num_train_timesteps}], got {num_steps}"
-            )
+        require(1 <= num_steps <= num_train_timesteps, "num_steps", f"in [1, {num_train_timesteps}]", num_steps)
         self.num_steps = num_steps
         self.eta = float(eta)
         # "scaled_linear" betas of LDM / VideoCrafter2.

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import require
 from .base import Solver, compute_dtype, per_latent
 
 FLOW_SCHEDULES = ("wan", "diffusers_euler", "diffusers_unipc")
@@ -33,6 +34,7 @@ def flow_schedule(
         ``shift(linspace(1, sigma_min, T))`` where ``sigma_min = shift(1/1000)`` in float32 (the low end
         is shifted twice); timesteps are the float32 ``sigma * 1000``.
     """
+    require(schedule in FLOW_SCHEDULES, "schedule", f"one of {FLOW_SCHEDULES}", schedule)
     n = num_train_timesteps
 
     def shifted(s):
@@ -48,15 +50,12 @@ def flow_schedule(
         if abs(sigmas[0] - 1) < 1e-6:
             sigmas[0] -= 1e-6  # diffusers: keeps log(alpha) finite in the UniPC update
         timesteps = (sigmas * n).astype(np.int64).astype(np.float64)
-    elif schedule == "diffusers_euler":
-        # sigma_min comes from the float32 training sigmas (shifted once in float32), then the sampling
-        # grid is shifted again in float64.
-        train_min = torch.tensor(1.0, dtype=torch.float32) / n
-        sigma_min = (shift * train_min / (1 + (shift - 1) * train_min)).item()
-        sigmas = shifted(np.linspace(1.0 * n, sigma_min * n, num_steps) / n)
+    else:  # "diffusers_euler"
+        # The end points come from the float32 training sigmas (shifted once, in float32), then the
+        # sampling grid is shifted again in float64.
+        sigma_max, sigma_min = shifted(torch.tensor([n, 1], dtype=torch.float32) / n).tolist()
+        sigmas = shifted(np.linspace(sigma_max * n, sigma_min * n, num_steps) / n)
         timesteps = (torch.from_numpy(sigmas.astype(np.float32)) * n).double().numpy()
-    else:
-        raise ValueError(f"schedule={schedule!r} is not one of {FLOW_SCHEDULES}")
     return sigmas.astype(np.float32), timesteps
 
 
@@ -66,8 +65,7 @@ class _FlowSolver(Solver):
     prediction = "flow"
 
     def __init__(self, num_steps: int, shift: float, schedule: str, device: torch.device | str | None):
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        require(num_steps >= 1, "num_steps", ">= 1", num_steps)
         self.num_steps = num_steps
         self.shift = float(shift)
         self.schedule = schedule
@@ -139,18 +137,19 @@ class FlowUniPCSolver(_FlowSolver):
     rows. Per slot and step, with ``m = x - sigma v`` the x0 prediction and ``k`` the number of steps
     the slot has taken since its last reset (saturated at 2):
 
-      * corrector (UniC, skipped when k = 0): ``x_c = E x + A last + B m1 + C m2 + D m`` where ``last``
-        is the slot's previous corrected sample and ``m1, m2`` its previous two x0 predictions; order
-        ``min(k, 2)`` (= the previous predictor order);
+      * corrector (UniC): ``x_c = E x + A last + B m1 + C m2 + D m`` where ``last`` is the slot's
+        previous corrected sample and ``m1, m2`` its previous two x0 predictions; order ``min(k, 2)``
+        (= the previous predictor order); for k = 0 it is skipped (E = 1, the rest 0);
       * predictor (UniP): ``x_next = F x_c + G m + H m1``; order 1 on a slot's first step (warm-up,
         MIGA's "model_outputs[0] is None") and on level 0 (lower_order_final), else 2.
 
     Each slot walks the sigma grid one level per step, so all coefficients depend only on
     ``(level, min(k, 2))`` and are precomputed (float64, from the float32 sigmas) into a float32 table
-    ``[T, 3, 8]``; a step is one gather plus fused elementwise arithmetic. Unlike Wan, the level is
-    given explicitly instead of being looked up from the timestep value (Wan picks the wrong index when
-    two truncated timesteps coincide, which happens for large T) and ``lower_order_nums`` is per slot
-    instead of one counter shared by all frames (which in MIGA only matters during its first two calls).
+    ``[T, 3, 8]``; a step is one gather plus fused elementwise arithmetic. Unlike Wan/MIGA, the level
+    is given explicitly instead of being looked up from the int timestep (with shift 5 the truncated
+    timesteps start to collide for T >= 250 and the lookup then picks the wrong sigma). MIGA's
+    scheduler-wide ``lower_order_nums`` is already saturated by its initial full-clip sampling, so its
+    per-frame warm-up is the ``model_outputs[0] is None`` rule, which ``k`` reproduces.
 
     ``state`` (from ``init_state``): ``x0_prev``, ``x0_prev2``, ``last_sample`` ``[capacity, ...]`` and
     ``count`` int64 ``[capacity]``; ``slots`` must be distinct within one call.
@@ -228,7 +227,8 @@ class FlowUniPCSolver(_FlowSolver):
     def init_state(
         self, capacity: int, latent_shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype
     ) -> dict[str, Tensor]:
-        """Zeroed history for ``capacity`` slots; ``dtype`` is the storage dtype of the latent-sized rows."""
+        """Zeroed history for ``capacity`` slots, stored in ``dtype`` (float32 keeps it exact; fp16/bf16
+        halves the memory but rounds the history)."""
         shape = (capacity, *latent_shape)
         return {
             "x0_prev": torch.zeros(shape, device=device, dtype=dtype),
