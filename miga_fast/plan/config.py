@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from ..errors import ConfigError, require
 
 MODES = ("fifo", "miga", "miga-stream")
+FAMILIES = ("vc2", "wan")  # whose official MIGA loops the schedule follows (miga.py / miga_wan.py)
+WAN_GUIDANCE_CENTRE = 3  # official Wan far guidance offset: the literal 3 in `3 + j*L`
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class PlanConfig:
     """Schedule parameters. Level index i ∈ [0, num_steps), num_steps-1 the noisiest."""
 
     mode: str = "miga"
+    family: str = "vc2"  # vc2 | wan: official schedule family (wan: miga and miga-stream only)
     num_steps: int = 64  # T: sampler steps
     window: int = 16  # f0: latents per model call (the model's native window)
     solver: str = "ddim"  # ddim | flow_euler | flow_unipc (miga_fast.solvers.SOLVERS)
@@ -31,7 +34,7 @@ class PlanConfig:
     stride: int = 8  # window stride; also the period of the dynamic window offset
     end_level: int = 10  # stage-1 end level (official `fifo_end_noise_index`)
     # MIGA stage 2 + refine
-    refine_level: int = 10  # re-noise level of the refine pass (0 disables it)
+    refine_level: int = 10  # re-noise level of the refine pass (vc2: 0 disables it; wan: steps it..0)
     # Self-reflection
     reflection: bool = False
     judged_level: int = 50  # level of the judged block
@@ -71,6 +74,9 @@ class PlanConfig:
     def validated(self) -> PlanConfig:
         """Check every field and every cross-field constraint; return self."""
         require(self.mode in MODES, "mode", f"one of {MODES}", self.mode)
+        require(self.family in FAMILIES, "family", f"one of {FAMILIES}", self.family)
+        require(self.family == "vc2" or self.mode != "fifo", "mode",
+                "'miga' or 'miga-stream' for family 'wan' (no official Wan FIFO-Diffusion schedule)", self.mode)
         require(self.solver in ("ddim", "flow_euler", "flow_unipc"), "solver",
                 "one of ('ddim', 'flow_euler', 'flow_unipc')", self.solver)
         require(self.window >= 2, "window (f0)", "an integer >= 2", self.window)
@@ -91,6 +97,15 @@ class PlanConfig:
                 self.end_level)
         require(0 <= self.refine_level < self.num_steps, "refine_level", f"in [0, T={self.num_steps})",
                 self.refine_level)
+        if self.family == "wan":
+            # The official literal far-guidance offset 3 reaches start - 3 - (m-1)L >= L - 3: below 0
+            # (a silent wrap-around to the queue tail in the official code) when L < 3.
+            require(m == 0 or L >= WAN_GUIDANCE_CENTRE, "zigzag (L_zig)",
+                    f">= {WAN_GUIDANCE_CENTRE} for family 'wan' with guidance frames (official offset 3 + j*L)", L)
+            # Wan stage 2 stops labelled at level 0, one step short of clean: the refine pass must finish.
+            require(self.refine_level >= 1, "refine_level",
+                    f"in [1, T={self.num_steps}) for family 'wan' (its refine pass steps refine_level..0 "
+                    "and is what reaches sigma 0)", self.refine_level)
         if self.reflection:
             r = self.reflect_blocks
             require(r >= 1, "reflect_blocks (r)", "an integer >= 1", r)
@@ -100,6 +115,11 @@ class PlanConfig:
                     self.judged_level)
             require((r + 1) * L <= f0, "reflect_blocks (r)",
                     f"at most f0/L - 1 = {f0 // L - 1} so guide + judged block fit one window", r)
+            # Wan rollouts partition as if their list already held a window (int() of a negative
+            # quotient otherwise gives no or partial windows): guide + one block must fill exactly f0.
+            require(self.family == "vc2" or (r + 1) * L == f0, "reflect_blocks (r)",
+                    f"exactly f0/L - 1 = {f0 // L - 1} for family 'wan' (official rollouts assume guide + one "
+                    "block fill one window)", r)
         if self.mode == "miga-stream":
             require(1 <= self.context_len < f0, "stream_context", f"in [1, f0={f0})",
                     self.stream_context)
@@ -111,7 +131,21 @@ PRESETS: dict[str, PlanConfig] = {
     "vc2-fifo-nolookahead": PlanConfig(mode="fifo", num_steps=64, window=16, lookahead=False),
     "vc2-miga": PlanConfig(mode="miga"),
     "vc2-miga-stream": PlanConfig(mode="miga-stream"),
+    # The bundled model (pixel-space Wan-style DiT, f0 = 8 frames, flow matching): same schedules at a
+    # scale a CPU renders in minutes. MIGA ratios follow VC2: end level ~T/6, refine ~T/6, stride f0/2.
+    "tiny-fifo": PlanConfig(mode="fifo", num_steps=16, window=8, solver="flow_unipc"),
+    "tiny-miga": PlanConfig(mode="miga", num_steps=16, window=8, zigzag=2, guidance_frames=2, stride=4,
+                            end_level=3, refine_level=3, solver="flow_unipc", judged_level=10, reflect_blocks=2,
+                            candidates=3, reflect_threshold=0.01),
+    "tiny-miga-stream": PlanConfig(mode="miga-stream", num_steps=16, window=8, zigzag=2, guidance_frames=2,
+                                   stride=4, end_level=3, refine_level=3, solver="flow_unipc", judged_level=10,
+                                   reflect_blocks=2, candidates=3, reflect_threshold=0.01),
+    # Official Wan2.1-1.3B MIGA (configs/wan2.1_1.3B.yaml + text2video.py literals); level i = 53 - s.
+    "wan-miga": PlanConfig(family="wan", mode="miga", num_steps=54, window=21, solver="flow_unipc", zigzag=7,
+                           guidance_frames=4, stride=10, end_level=10, refine_level=9, reflection=True,
+                           judged_level=43, reflect_blocks=2, candidates=3, reflect_threshold=0.01),
 }
+PRESETS["wan-miga-stream"] = dataclasses.replace(PRESETS["wan-miga"], mode="miga-stream")
 
 
 def preset(name: str, **overrides) -> PlanConfig:
@@ -125,7 +159,9 @@ def check_latents(cfg: PlanConfig, num_latents: int) -> None:
     """Validate the number of output latents N for this configuration."""
     require(isinstance(num_latents, int) and num_latents > 0, "latents (N)", "a positive integer",
             num_latents)
-    if cfg.mode == "miga":
+    # Wan: every N >= 1 maps to an official long_iter_nums n >= 4 (miga_wan.official_iterations),
+    # and the official code runs for all of those; it only crashes for n <= 3.
+    if cfg.mode == "miga" and cfg.family == "vc2":
         require(num_latents >= cfg.window, "latents (N)",
                 f">= window f0={cfg.window} in mode 'miga' (the official offline stage 2 windows "
                 "need f0 output latents; use mode 'miga-stream' for shorter videos)", num_latents)

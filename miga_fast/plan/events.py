@@ -64,6 +64,15 @@ class Renoise:
 
 
 @dataclass(frozen=True)
+class ResetHistory:
+    """Forget the multistep-solver history of these latents (official Wan stage 2 starts a fresh
+    per-latent UniPC dict for latents that keep their values)."""
+
+    serials: tuple[int, ...]
+    slots: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Emit:
     """Latent `serial` is finished; it is part of the output video when `keep` (FIFO warm-up latents
     and MIGA's rounding of N up to whole blocks are emitted with keep=False)."""
@@ -75,11 +84,14 @@ class Emit:
 
 @dataclass(frozen=True)
 class ReflectCheck:
-    """Score the judged block against the guide blocks; the driver sends back True to trigger."""
+    """Score the judged block against the guide blocks; the driver sends back True to trigger.
+
+    `score` names the official consistency score (runtime.scores.SCORES): "pooled" (VC2) or "frame" (Wan)."""
 
     judged_slots: tuple[int, ...]
     guide_slots: tuple[int, ...]
     threshold: float
+    score: str = "pooled"
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,7 @@ class ReflectSelect:
 
     candidate_slots: tuple[tuple[int, ...], ...]
     guide_slots: tuple[int, ...]
+    score: str = "pooled"
 
 
 @dataclass(frozen=True)
@@ -100,4 +113,4 @@ class IterationEnd:
     queue: tuple[int, ...]
 
 
-Event = IterationEnd | NewLatent | ModelCall | Renoise | Emit | ReflectCheck | ReflectSelect
+Event = IterationEnd | NewLatent | ModelCall | Renoise | ResetHistory | Emit | ReflectCheck | ReflectSelect

@@ -1,4 +1,4 @@
-"""Build plans by mode, drive them without tensors, and print them as comparable call traces.
+"""Build plans by family and mode, drive them without tensors, and print them as comparable call traces.
 
 Trace format (one JSON object per model call, in execution order):
     {"phase": ..., "inputs": [[serial, level], ...], "writes": [[input_position, serial], ...]}
@@ -14,15 +14,18 @@ from .config import PlanConfig
 from .events import Event, ModelCall, ReflectCheck, ReflectSelect
 from .fifo import fifo_capacity, plan_fifo
 from .miga import miga_capacity, plan_miga
+from .miga_wan import plan_wan_miga, plan_wan_miga_stream, wan_miga_capacity
 from .stream import plan_miga_stream, stream_capacity
 
 Decide = Callable[[Event], object]
 
 
 def make_plan(cfg: PlanConfig, num_latents: int) -> Generator[Event, object, None]:
-    """The event generator for `cfg.mode`. Reflection events expect a reply via `send`."""
+    """The event generator for `cfg.family` and `cfg.mode`. Reflection events expect a reply via `send`."""
     cfg = cfg.validated()
-    return {"fifo": plan_fifo, "miga": plan_miga, "miga-stream": plan_miga_stream}[cfg.mode](cfg, num_latents)
+    plans = {("vc2", "fifo"): plan_fifo, ("vc2", "miga"): plan_miga, ("vc2", "miga-stream"): plan_miga_stream,
+             ("wan", "miga"): plan_wan_miga, ("wan", "miga-stream"): plan_wan_miga_stream}
+    return plans[cfg.family, cfg.mode](cfg, num_latents)
 
 
 def ring_capacity(cfg: PlanConfig, num_latents: int) -> int:
@@ -30,7 +33,7 @@ def ring_capacity(cfg: PlanConfig, num_latents: int) -> int:
     if cfg.mode == "fifo":
         return fifo_capacity(cfg)
     if cfg.mode == "miga":
-        return miga_capacity(cfg, num_latents)
+        return (wan_miga_capacity if cfg.family == "wan" else miga_capacity)(cfg, num_latents)
     return stream_capacity(cfg)
 
 

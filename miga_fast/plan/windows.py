@@ -46,19 +46,21 @@ def rollout_chunks(n: int, width: int, stride: int) -> list[tuple[int, int]]:
     return fill_chunks(n, width, stride)
 
 
-def guidance_positions(start: int, guidance: int, zigzag: int) -> list[int] | None:
+def guidance_positions(start: int, guidance: int, zigzag: int, centre: int | None = None) -> list[int] | None:
     """Queue positions of the m guidance latents prepended to a stage-1 window starting at `start`.
 
-    Official rules: far from the head (start >= m*L) take the middle latent of each of the m
-    blocks' worth of latents before the window, i.e. start - (L//2 + j*L) for j = m-1..0; nearer
-    (m <= start < m*L) spread them evenly, start - (j+1)*(start//m); at the head (start < m) there
-    is no room: return None, and the caller uses a plain f0 window [start, start+f0) instead.
+    Official rules: far from the head (start >= m*L) take one latent per block's worth of latents
+    before the window, start - (centre + j*L) for j = m-1..0 (VC2: centre = L//2, the middle one;
+    Wan: the literal 3 whatever L); nearer (m <= start < m*L) spread them evenly,
+    start - (j+1)*(start//m); at the head (start < m) there is no room: return None, and the caller
+    uses a plain f0 window [start, start+f0) instead.
     """
     if guidance == 0:
         return []
     if start < guidance:
         return None
     if start >= guidance * zigzag:
-        return [start - (zigzag // 2 + j * zigzag) for j in reversed(range(guidance))]
+        centre = zigzag // 2 if centre is None else centre
+        return [start - (centre + j * zigzag) for j in reversed(range(guidance))]
     spread = start // guidance
     return [start - (j + 1) * spread for j in reversed(range(guidance))]

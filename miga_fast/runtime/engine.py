@@ -24,6 +24,7 @@ from ..plan import (
     ReflectCheck,
     ReflectSelect,
     Renoise,
+    ResetHistory,
     make_plan,
     ring_capacity,
 )
@@ -31,7 +32,7 @@ from ..plan.events import NOISE_NEW, NOISE_RENOISE
 from ..solvers.base import Solver
 from .noise import CounterNoise
 from .ring import LatentRing
-from .scores import group_similarity
+from .scores import SCORES
 
 NOISE_BASE = 5  # stream of the base-clip sampler's noise (outside the plan)
 
@@ -135,6 +136,7 @@ class Engine:
         self._owner = {}  # slot -> serial living there (host-side plan validation)
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._last_score: Tensor | None = None
+        self._held: list[tuple[Tensor, Tensor]] | None = None  # writes of a group split over batches
         pending: list[ModelCall] = []
         reply = None
         while True:
@@ -144,14 +146,19 @@ class Engine:
                 break
             reply = None
             if isinstance(event, ModelCall) and event.group >= 0:
-                if pending and (pending[0].group != event.group or len(pending[0].serials) != len(event.serials)
-                                or len(pending) == self.window_batch):
+                if pending and pending[0].group != event.group:
+                    self._execute_group_end(pending)
+                    pending = []
+                elif pending and (len(pending[0].serials) != len(event.serials) or len(pending) == self.window_batch):
+                    # The group continues in another batch: hold the writes so that batch reads the
+                    # ring as it was before the group (guidance latents of Wan's Jacobi stage 1).
+                    self._held = self._held if self._held is not None else []
                     self._execute(pending)
                     pending = []
                 pending.append(event)
                 continue
             if pending:
-                self._execute(pending)
+                self._execute_group_end(pending)
                 pending = []
             if isinstance(event, ModelCall):
                 self._execute([event])
@@ -159,6 +166,10 @@ class Engine:
                 self._new_latent(event)
             elif isinstance(event, Renoise):
                 self._renoise(event)
+            elif isinstance(event, ResetHistory):
+                self._check_live(event.serials, event.slots)
+                if self.ring.state:
+                    self.solver.reset_slots(self.ring.state, torch.tensor(event.slots, device=self.device))
             elif isinstance(event, Emit):
                 out = self._emit(event)
                 if out is not None:
@@ -237,6 +248,13 @@ class Engine:
         self.stats.windows += B
         return pred.permute(0, 2, 1, 3, 4)  # [B, F, C, H, W]
 
+    def _execute_group_end(self, calls: list[ModelCall]) -> None:
+        """Run the last batch of a group, then write back the batches held for it."""
+        self._execute(calls)
+        for slots, new in self._held or ():
+            self.ring.latents.index_copy_(0, slots, new)
+        self._held = None
+
     def _execute(self, calls: list[ModelCall]) -> None:
         """One batched denoiser call over windows of equal length, then the solver step on writes."""
         B, F = len(calls), len(calls[0].serials)
@@ -263,12 +281,15 @@ class Engine:
                                     [flat_levels[i] for i in writes], self.latent_shape, self.dtype)
         new = self.solver.step(x[w], pred.reshape(B * F, *self.latent_shape)[w], levels[w],
                                slots=w_slots, state=self.ring.state, noise=noise)
-        self.ring.latents.index_copy_(0, w_slots, new)
+        if self._held is not None:  # solver state may move now: calls of a group write disjoint slots
+            self._held.append((w_slots, new))
+        else:
+            self.ring.latents.index_copy_(0, w_slots, new)
 
     def _reflect_check(self, ev: ReflectCheck) -> bool:
         """Official rule: trigger when previous score - current score > threshold (one host read)."""
         lat = self.ring.latents
-        score = group_similarity(lat[list(ev.judged_slots)], lat[list(ev.guide_slots)])
+        score = SCORES[ev.score](lat[list(ev.judged_slots)], lat[list(ev.guide_slots)])
         prev, self._last_score = self._last_score, score
         self.stats.reflection_checks += 1
         fired = prev is not None and bool(prev - score > ev.threshold)
@@ -279,7 +300,7 @@ class Engine:
         """Best candidate by score against the guide; accepted only if it beats the last score."""
         lat = self.ring.latents
         guide = lat[list(ev.guide_slots)]
-        scores = torch.stack([group_similarity(lat[list(c)], guide) for c in ev.candidate_slots])
+        scores = torch.stack([SCORES[ev.score](guide, lat[list(c)]) for c in ev.candidate_slots])  # official order
         best = int(torch.argmax(scores))  # first maximum, like the official strict '>' scan
         if bool(scores[best] > self._last_score):
             self._last_score = scores[best]
