@@ -1,0 +1,55 @@
+"""``gated_residual``: ``x + gate[b, f] * y`` over ``[B, F, P, D]`` tokens, one fused pass.
+
+``gate [B, F, D]`` is broadcast over the P tokens of each frame inside the kernel. Summed in fp32, result in
+x's dtype. Drop-in for the Wan call sites: ``gated_residual_ref(x, y, gate)`` -> ``gated_residual(x, y, gate)``.
+
+Backends (``backend=`` / ``$MIGA_FAST_BACKEND``, see ``miga_fast.ops.backend``): ``ref`` =
+``gated_residual_ref``, ``triton`` = op ``miga_fast::gated_residual_triton``, ``cpp`` = op
+``miga_fast::gated_residual``. Inference only (no autograd formula).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import backend as _backend
+from .adaln import gated_residual_ref
+
+__all__ = ["gated_residual", "gated_residual_ref"]
+
+
+def check_shapes(x: Tensor, y: Tensor, gate: Tensor) -> None:
+    """``x/y [B, F, P, D]`` and per-frame ``gate [B, F, D]``, else ValueError."""
+    if x.dim() != 4 or y.shape != x.shape or gate.shape != (x.shape[0], x.shape[1], x.shape[3]):
+        raise ValueError(
+            f"gated_residual: x and y must be [B, F, P, D] and gate [B, F, D] "
+            f"(got {tuple(x.shape)}, {tuple(y.shape)}, {tuple(gate.shape)})"
+        )
+
+
+def gated_residual_fake(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
+    """Shape function of the kernels: contiguous ``[B, F, P, D]`` in x's dtype."""
+    check_shapes(x, y, gate)
+    return x.new_empty(x.shape)
+
+
+def _triton_op():
+    from miga_fast.kernels.gated_residual import gated_residual_triton  # imports triton: first use only
+
+    return gated_residual_triton
+
+
+def gated_residual(x: Tensor, y: Tensor, gate: Tensor, *, backend: str | None = None) -> Tensor:
+    """``x + gate * y`` per frame: ``x/y [B, F, P, D]``, ``gate [B, F, D]`` -> ``[B, F, P, D]`` (x's dtype)."""
+    check_shapes(x, y, gate)
+    which = _backend.resolve("gated_residual", x.device, (x.dtype, y.dtype, gate.dtype), backend)
+    if which == "cpp":
+        return torch.ops.miga_fast.gated_residual(x, y, gate)
+    if which == "triton":
+        return _triton_op()(x, y, gate)
+    return gated_residual_ref(x, y, gate)
+
+
+_backend.register_cpp_fake("gated_residual", gated_residual_fake)
+_backend.load_extension()
