@@ -9,4 +9,18 @@ __version__ = "0.1.0"
 from .errors import ConfigError  # noqa: E402
 from .plan import PRESETS, PlanConfig, preset  # noqa: E402
 
-__all__ = ["ConfigError", "PRESETS", "PlanConfig", "preset", "__version__"]
+__all__ = ["ConfigError", "PRESETS", "PlanConfig", "load", "load_default", "preset", "__version__"]
+
+
+def load(*args, **kwargs):
+    """Load a model bundle into a VideoGenerator (see miga_fast.pipeline.load)."""
+    from .pipeline import load as _load
+
+    return _load(*args, **kwargs)
+
+
+def load_default(*args, **kwargs):
+    """The bundled model as a VideoGenerator (see miga_fast.pipeline.load_default)."""
+    from .pipeline import load_default as _load_default
+
+    return _load_default(*args, **kwargs)

@@ -1,0 +1,181 @@
+"""Train the bundled model on the procedural world (flow matching, one level per clip).
+
+    python -m miga_fast.models.tiny.train --minutes 50 --workdir runs/tiny
+
+Deterministic for a given seed, resumable (re-run the same command: it continues from
+<workdir>/checkpoint.pt), shows a progress bar, logs the loss to <workdir>/loss.csv and plots it to
+<workdir>/loss.png, and exports the EMA weights to <workdir>/tiny_world.safetensors.
+Training uses the standard short-clip condition: every frame of a clip at the same noise level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .bundle import TinySpec, TinyVideoModel
+from .world import sample_clips
+
+
+class ClipPool:
+    """A pool of rendered clips (uint8) refreshed a few clips per step: rendering is not free on 2 cores."""
+
+    def __init__(self, size: int, frames: int, res: int, rng: random.Random):
+        self.frames, self.res, self.rng = frames, res, rng
+        clips, prompts = [], []
+        for _ in tqdm(range(0, size, 32), desc="rendering clip pool", leave=False):
+            c, p = sample_clips(32, frames, res, rng)
+            clips.append(self._quantise(c))
+            prompts += p
+        self.clips, self.prompts = torch.cat(clips)[:size], prompts[:size]
+
+    @staticmethod
+    def _quantise(c):
+        return ((c + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+    def refresh(self, count: int) -> None:
+        c, p = sample_clips(count, self.frames, self.res, self.rng)
+        for k in range(count):
+            i = self.rng.randrange(len(self.prompts))
+            self.clips[i], self.prompts[i] = self._quantise(c[k]), p[k]
+
+    def batch(self, n: int, window: int) -> tuple[torch.Tensor, list[str]]:
+        idx = [self.rng.randrange(len(self.prompts)) for _ in range(n)]
+        starts = [self.rng.randrange(self.frames - window + 1) for _ in range(n)]
+        x = torch.stack([self.clips[i, :, s : s + window] for i, s in zip(idx, starts, strict=True)])
+        return x.float() / 127.5 - 1, [self.prompts[i] for i in idx]
+
+
+def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """Flow-matching sigma from uniform u with the schedule's shift (more weight on high noise)."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def plot_loss(csv_path: Path, png_path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    steps, losses = [], []
+    with open(csv_path) as f:
+        for row in csv.DictReader(f):
+            steps.append(int(row["step"]))
+            losses.append(float(row["loss"]))
+    if not steps:
+        return
+    k = max(1, len(losses) // 100)
+    smooth = [sum(losses[max(0, i - k) : i + 1]) / len(losses[max(0, i - k) : i + 1]) for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, alpha=0.3, label="loss")
+    ax.plot(steps, smooth, label=f"moving mean ({k})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching MSE")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="runs/tiny")
+    p.add_argument("--steps", type=int, default=100_000, help="stop after this many steps")
+    p.add_argument("--minutes", type=float, default=50.0, help="stop after this much wall time (this session)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--pool", type=int, default=2048, help="clips kept rendered")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg-dropout", type=float, default=0.1, help="fraction of prompts replaced by ''")
+    args = p.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    spec = TinySpec()
+    model = TinyVideoModel(spec)
+    ema = copy.deepcopy(model).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    rng = random.Random(args.seed)
+    step = 0
+    ckpt = work / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed from {ckpt} at step {step}")
+    pool = ClipPool(args.pool, 2 * spec.window, spec.frame_size, rng)
+    log_path = work / "loss.csv"
+    new_log = not log_path.exists() or step == 0
+    log = open(log_path, "w" if new_log else "a", newline="")
+    writer = csv.writer(log)
+    if new_log:
+        writer.writerow(["step", "loss", "seconds"])
+
+    def save():
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt)
+        ema.save(work / "tiny_world.safetensors", extra={"steps": step, "seed": args.seed, "batch": args.batch})
+        log.flush()
+        plot_loss(log_path, work / "loss.png")
+
+    start = time.time()
+    bar = tqdm(total=args.steps, initial=step, desc="training", unit="step")
+    model.train()
+    try:
+        while step < args.steps and time.time() - start < args.minutes * 60:
+            x0, prompts = pool.batch(args.batch, spec.window)
+            prompts = ["" if rng.random() < args.cfg_dropout else q for q in prompts]
+            sigma = shifted_sigma(torch.rand(args.batch), spec.shift)
+            eps = torch.randn_like(x0)
+            s = sigma.view(-1, 1, 1, 1, 1)
+            xt = (1 - s) * x0 + s * eps
+            t = (sigma * 1000).view(-1, 1).expand(-1, spec.window)  # one level per clip (training condition)
+            pred = model.dit(xt, t, model.text.encode(prompts))
+            loss = (pred - (eps - x0)).pow(2).mean()
+            cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps)))
+            lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * cosine)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                decay = min(0.999, (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.lerp_(pm, 1 - decay)
+            step += 1
+            writer.writerow([step, f"{loss.item():.5f}", f"{time.time() - start:.1f}"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % 4 == 0:
+                pool.refresh(2)
+            if step % 200 == 0:
+                save()
+    except KeyboardInterrupt:
+        print("interrupted: saving")
+    finally:
+        save()
+        bar.close()
+        log.close()
+    print(f"step {step}: weights in {work / 'tiny_world.safetensors'}, loss plot in {work / 'loss.png'}")
+
+
+if __name__ == "__main__":
+    main()

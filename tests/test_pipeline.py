@@ -1,0 +1,91 @@
+"""The Python API and the render command on a tiny random bundled-format model."""
+
+import numpy as np
+import pytest
+import torch
+
+from miga_fast import ConfigError
+from miga_fast.cli import main
+from miga_fast.models.tiny.bundle import TinySpec, TinyVideoModel
+from miga_fast.pipeline import load, parse_prompt_schedule
+from miga_fast.video import read_frames
+
+PROMPT = "a red circle moving left on a striped blue background"
+TINY = TinySpec(frame_size=8, text_dim=16, dit=dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
+                                                    in_channels=3, out_channels=3, text_dim=16, freq_dim=16,
+                                                    ffn_dim=32, num_layers=1))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    TinyVideoModel(TINY).save(path)
+    return path
+
+
+def test_load_roundtrip_and_stream(weights):
+    gen = load(weights)
+    frames = list(gen.stream(PROMPT, frames=5, mode="miga-stream", seed=1))
+    assert len(frames) == 5 and frames[0].shape == (8, 8, 3) and frames[0].dtype == np.uint8
+    again = list(gen.stream(PROMPT, frames=5, mode="miga-stream", seed=1))
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again, strict=True))
+
+
+@pytest.mark.parametrize("ext,mode", [(".mp4", "fifo"), (".gif", "miga-stream")])
+def test_render_writes_playable_file(weights, tmp_path, ext, mode):
+    out = tmp_path / f"video{ext}"
+    result = load(weights).render(out, PROMPT, frames=4, mode=mode, progress=False, scale=2)
+    assert result.frames == 4 and not result.interrupted
+    frames = read_frames(out)
+    assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
+
+
+def test_ctrl_c_leaves_a_valid_file(weights, tmp_path):
+    out = tmp_path / "partial.mp4"
+
+    def stop_after_three(done):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    result = load(weights).render(out, PROMPT, frames=20, progress=False, callback=stop_after_three)
+    assert result.interrupted and result.frames == 3  # Ctrl-C while producing the 4th frame
+    assert len(read_frames(out)) == 3
+
+
+def test_bad_inputs(weights, tmp_path):
+    gen = load(weights)
+    with pytest.raises(ConfigError, match=r"does not know: \['violet'\]"):
+        list(gen.stream("a violet circle moving left on a striped blue background", frames=2))
+    with pytest.raises(ConfigError, match="frames"):
+        list(gen.stream(PROMPT, frames=0))
+    with pytest.raises(ConfigError, match="does not exist"):
+        gen.render(tmp_path / "missing" / "out.mp4", PROMPT, frames=2, progress=False)
+    with pytest.raises(ConfigError, match="must end in"):
+        gen.render(tmp_path / "out.avi", PROMPT, frames=2, progress=False)
+    with pytest.raises(ConfigError, match="mode"):
+        list(gen.stream(PROMPT, frames=2, mode="diagonal"))
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("text,match", [("5:a red circle", "frame 0"), ("0:x;0:y", "increasing"), ("zero:x", "FRAME")])
+def test_prompt_schedule_errors(text, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_prompt_schedule(text)
+
+
+def test_prompt_schedule_render(weights, tmp_path):
+    schedule = f"0:{PROMPT};3:a blue square moving up on a plain red background"
+    frames = list(load(weights).stream("", frames=6, mode="fifo", prompt_schedule=schedule))
+    assert len(frames) == 6
+
+
+def test_cli_render_and_sheet(weights, tmp_path, capsys):
+    out, sheet = tmp_path / "o.gif", tmp_path / "sheet.png"
+    assert main(["render", PROMPT, "--frames", "6", "--model", str(weights), "-o", str(out), "--scale", "1"]) == 0
+    assert main(["sheet", str(out), str(sheet), "--every", "2"]) == 0
+    assert sheet.stat().st_size > 0 and "wrote 6 frames" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["render", "a red blob", "--model", str(weights), "-o", str(out)])
+    assert exc.value.code == 2
