@@ -33,6 +33,7 @@ from ..solvers.base import Solver
 from .noise import CounterNoise
 from .ring import LatentRing
 from .scores import SCORES
+from .step import make_stepper, select_mode
 
 NOISE_BASE = 5  # stream of the base-clip sampler's noise (outside the plan)
 
@@ -52,12 +53,17 @@ class EngineStats:
 
 
 class Engine:
-    """Runs FIFO / MIGA / miga-stream plans for one configuration, solver and denoiser."""
+    """Runs FIFO / MIGA / miga-stream plans for one configuration, solver and denoiser.
+
+    mode: "eager" (the reference per-call path), "compile" / "graph" (the fixed-shape static step of
+    runtime/step.py, torch.compile'd or CUDA-graphed per step kind) or "auto"; see `mode` / `mode_why`.
+    """
 
     def __init__(self, denoise: Callable[[Tensor, Tensor, Tensor], Tensor], solver: Solver, cfg: PlanConfig,
                  latent_shape: tuple[int, int, int], *, cond: Tensor, uncond: Tensor | None = None,
                  guidance_scale: float = 1.0, seed: int = 0, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, window_batch: int = 0, noise_method: str | None = None):
+                 dtype: torch.dtype = torch.float32, window_batch: int = 0, noise_method: str | None = None,
+                 mode: str = "eager", graph_pool_budget: int | None = None):
         self.cfg = cfg.validated()
         require(guidance_scale >= 0, "guidance_scale", "a number >= 0", guidance_scale)
         require(window_batch >= 0, "window_batch", "an integer >= 0 (0: a whole group per call)", window_batch)
@@ -78,6 +84,11 @@ class Engine:
         self._stochastic = getattr(solver, "eta", 0.0) > 0
         self._cfg_inputs: dict[tuple[int, ...], Tensor] = {}
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
+        # mode compile / graph: model calls run the fixed-shape static step (runtime/step.py), whose ring
+        # has one extra "dump" row; `mode_why` says, for each mode not active, why.
+        self.mode, self.mode_why = select_mode(mode, self.device)
+        self._static = make_stepper(self.mode, denoise, self.solver, self.guidance_scale, self.latent_shape,
+                                    self.noise, self.device, dtype, graph_pool_budget=graph_pool_budget)
 
     # ---------------------------------------------------------------- conditions
     def set_condition(self, cond: Tensor, uncond: Tensor | None = None) -> None:
@@ -130,7 +141,7 @@ class Engine:
             raise EngineError(f"base clip must have shape {(cfg.window, *self.latent_shape)} "
                               f"[f0, C, H, W] (got {tuple(base.shape)})")
         self._base = base.to(self.device, self.dtype)
-        capacity = ring_capacity(cfg, num_latents)
+        capacity = ring_capacity(cfg, num_latents) + (self._static is not None)  # + the dump slot
         if self.ring is None or self.ring.capacity < capacity:
             self.ring = LatentRing(capacity, self.latent_shape, self.solver, self.device, self.dtype)
         self._owner = {}  # slot -> serial living there (host-side plan validation)
@@ -260,6 +271,15 @@ class Engine:
         B, F = len(calls), len(calls[0].serials)
         for c in calls:
             self._check_live(c.serials, c.slots)
+        if self._static is not None:
+            finite, held = self._static.execute(calls, self.ring.latents, self.ring.state, self._conditions(B),
+                                                self._held is not None)
+            self._finite &= finite
+            if held is not None:
+                self._held.append(held)
+            self.stats.model_calls += 1
+            self.stats.windows += B
+            return
         flat_slots = [s for c in calls for s in c.slots]
         flat_levels = [lv for c in calls for lv in c.levels]
         slots = torch.tensor(flat_slots, device=self.device)
