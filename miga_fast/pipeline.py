@@ -83,7 +83,7 @@ class VideoGenerator:
     def stream(self, prompt: str, frames: int = 256, *, mode: str = "miga-stream", seed: int = 0,
                steps: int | None = None, guidance_scale: float = 4.0, prompt_schedule: str | None = None,
                reflection: bool | None = None, window_batch: int = 0, overrides: dict | None = None,
-               callback: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+               engine_mode: str = "eager", callback: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
         """Yield `frames` uint8 frames [H, W, 3] in order, each as soon as it is finished.
 
         prompt_schedule "0:...;200:..." switches the condition when the queue head reaches each frame
@@ -98,7 +98,7 @@ class VideoGenerator:
         shape = (3, self.frame_size, self.frame_size)
         engine = Engine(self.model.denoise, solver, cfg, shape, cond=conds[0], uncond=self.encode(""),
                         guidance_scale=guidance_scale, seed=seed, device=self.device, dtype=self.dtype,
-                        window_batch=window_batch)
+                        window_batch=window_batch, mode=engine_mode)
         head_offset = cfg.padding + cfg.num_steps - cfg.window if cfg.mode == "fifo" else 0
         current = [0]
 
