@@ -181,7 +181,8 @@ def unified_passes(book: Book, latents: list[Latent], cfg: PlanConfig) -> Genera
             for lat in latents:
                 lat.level = steps
             yield Renoise(tuple(x.serial for x in latents), tuple(x.slot for x in latents), steps)
-        for it in range(steps):
+        last = cfg.final_step and (phase == "refine" or not cfg.refine_level)
+        for it in range(steps + last):
             for start, count in dynamic_chunks(len(latents), cfg.window, cfg.stride, it):
                 inputs = latents[start : start + cfg.window]
                 call = book.call(phase, inputs, range(count), noise_stream=stream)

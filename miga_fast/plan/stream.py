@@ -47,7 +47,8 @@ def _finish_chunk(book: Book, cfg: PlanConfig, chunk: list[Latent], context: lis
             for lat in chunk:
                 lat.level = top
             yield Renoise(tuple(x.serial for x in chunk), tuple(x.slot for x in chunk), top)
-        for level in range(top, 0, -1):
+        last = cfg.final_step and (phase == "refine" or not cfg.refine_level)
+        for level in range(top, -1 if last else 0, -1):
             inputs = context + chunk
             call = book.call(phase, inputs, range(ctx, ctx + len(chunk)), levels=[level] * len(inputs),
                              noise_stream=stream, renoised=renoised)

@@ -78,7 +78,7 @@ def check_plan(cfg, n, decide=never_reflect):
         top = created_level[s]
         assert stepped[s] == list(range(top, lowest - 1, -1)), f"latent {s} levels {stepped[s]}"
         if cfg.mode != "fifo" and cfg.refine_level:
-            assert refined[s] == list(range(cfg.refine_level, 0, -1))
+            assert refined[s] == list(range(cfg.refine_level, -1 if cfg.final_step else 0, -1))
     return calls, emitted
 
 
@@ -120,3 +120,11 @@ def test_stream_memory_is_bounded():
     cfg = PlanConfig(mode="miga-stream").validated()
     assert ring_capacity(cfg, 50) == ring_capacity(cfg, 3000)
     check_plan(cfg, 3000)
+
+
+def test_flow_presets_take_the_final_step():
+    """tiny-* (flow matching): every output latent's refine pass ends with the level-0 step (to sigma 0)."""
+    from miga_fast.plan import preset
+
+    for name in ("tiny-miga", "tiny-miga-stream"):
+        check_plan(preset(name), 40)
