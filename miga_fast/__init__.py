@@ -13,7 +13,8 @@ __all__ = ["ConfigError", "PRESETS", "PlanConfig", "load", "load_default", "pres
 
 
 def load(*args, **kwargs):
-    """Load a model bundle into a VideoGenerator (see miga_fast.pipeline.load)."""
+    """Load a model into a VideoGenerator: the bundled-model .safetensors format, a VideoCrafter2 model.ckpt
+    (+ tokenizer/ folder) or a diffusers Wan2.1 T2V folder (see miga_fast.pipeline.load)."""
     from .pipeline import load as _load
 
     return _load(*args, **kwargs)

@@ -1,6 +1,7 @@
 """The Python API a library or a service calls.
 
     gen = miga_fast.load_default()                  # the bundled model, on the CPU
+    gen = miga_fast.load("Wan2.1-T2V-1.3B-Diffusers", "cuda", torch.bfloat16)   # or VideoCrafter2/model.ckpt
     for frame in gen.stream("a red circle moving left on a striped blue background", frames=512):
         ...                                         # uint8 [H, W, 3], as soon as it is finished
     gen.render("out.mp4", prompt, frames=512)       # streams to the file; valid even after Ctrl-C
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, require
-from .plan import IterationEnd, PlanConfig, preset
+from .plan import PRESETS, IterationEnd, PlanConfig, preset
 from .runtime import Engine
 from .solvers import make_solver
 from .video import VideoWriter, check_output_path
@@ -54,18 +55,31 @@ class RenderResult:
 
 
 class VideoGenerator:
-    """A loaded model (denoiser + text encoder + pixel-space codec) and its preset family."""
+    """A loaded model bundle (denoiser + codec + text encoder, see `models.load.ModelBundle`) and its presets.
 
-    def __init__(self, model, *, family: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32):
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.family, self.device, self.dtype = family, torch.device(device), dtype
-        self.frame_size = model.spec.frame_size
-        self._text_cache: dict[str, torch.Tensor] = {}
+    `model`: a ModelBundle (placed on its device by the loader), or a TinyVideoModel (moved to device/dtype).
+    `device` and `dtype` are those of the engine's latents.
+    """
+
+    def __init__(self, model, *, family: str | None = None, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        from .models.load import ModelBundle, tiny_bundle
+
+        if not isinstance(model, ModelBundle):
+            model = tiny_bundle(model.to(device=device, dtype=dtype).eval())
+        self.bundle = model
+        self.family = family or model.family
+        self.device, self.dtype = torch.device(device), dtype
+        self.size = model.size
+        self.model = model.module  # the denoiser module (quality/ reads the bundled model's spec from it)
+        self.frame_size = model.size[0]  # the bundled model's square frame side
 
     def config(self, mode: str = "miga-stream", steps: int | None = None, reflection: bool | None = None,
                overrides: dict | None = None) -> PlanConfig:
         """The preset for `mode`; `overrides` sets any other PlanConfig field (ablations), validated."""
         require(mode in MODES, "mode", f"one of {MODES}", mode)
+        allowed = tuple(m for m in MODES if f"{self.family}-{m}" in PRESETS)
+        require(mode in allowed, "mode", f"one of {allowed} for the {self.family} model family", mode)
         overrides = dict(overrides or {})
         if steps is not None:
             overrides["num_steps"] = steps
@@ -74,53 +88,69 @@ class VideoGenerator:
         return preset(f"{self.family}-{mode}", **overrides)
 
     def encode(self, prompt: str) -> torch.Tensor:
-        """Text embedding [1, S, D], computed once per prompt."""
-        if prompt not in self._text_cache:
-            with torch.no_grad():
-                self._text_cache[prompt] = self.model.text.encode([prompt]).to(self.dtype)
-        return self._text_cache[prompt]
+        """Text embedding [1, S, D] on the engine's device and dtype, computed once per prompt."""
+        return self.bundle.text.encode(prompt).to(self.device, self.dtype)
 
     def stream(self, prompt: str, frames: int = 256, *, mode: str = "miga-stream", seed: int = 0,
-               steps: int | None = None, guidance_scale: float = 4.0, prompt_schedule: str | None = None,
+               steps: int | None = None, guidance_scale: float | None = None, negative_prompt: str | None = None,
+               size: tuple[int, int] | None = None, prompt_schedule: str | None = None,
                reflection: bool | None = None, window_batch: int = 0, overrides: dict | None = None,
                engine_mode: str = "eager", callback: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
-        """Yield `frames` uint8 frames [H, W, 3] in order, each as soon as it is finished.
+        """Yield `frames` uint8 frames [H, W, 3] in order, each as soon as the codec has decoded it.
 
-        prompt_schedule "0:...;200:..." switches the condition when the queue head reaches each frame
-        (then `prompt` is ignored). overrides: extra PlanConfig fields, e.g. {"zigzag": 1} (ablations).
+        guidance_scale / negative_prompt / size (H, W): default the model's (its official sampler's values).
+        prompt_schedule "0:...;200:..." switches the condition when the queue head reaches the latent of each
+        frame (then `prompt` is ignored). overrides: extra PlanConfig fields, e.g. {"zigzag": 1} (ablations).
         callback(frames_done) is called after every frame.
         """
         require(isinstance(frames, int) and frames > 0, "frames", "a positive integer", frames)
+        bundle, codec = self.bundle, self.bundle.codec
         schedule = parse_prompt_schedule(prompt_schedule) if prompt_schedule else [(0, prompt)]
+        negative = bundle.negative_prompt if negative_prompt is None else negative_prompt
         conds = [self.encode(p) for _, p in schedule]  # validates every prompt before any work
+        uncond = self.encode(negative)
         cfg = self.config(mode, steps, reflection, overrides)
-        solver = make_solver(cfg.solver, cfg.num_steps, shift=self.model.spec.shift)
-        shape = (3, self.frame_size, self.frame_size)
-        engine = Engine(self.model.denoise, solver, cfg, shape, cond=conds[0], uncond=self.encode(""),
-                        guidance_scale=guidance_scale, seed=seed, device=self.device, dtype=self.dtype,
-                        window_batch=window_batch, mode=engine_mode)
+        solver = make_solver(cfg.solver, cfg.num_steps, **({"shift": bundle.shift} if cfg.solver != "ddim" else {}))
+        engine = Engine(bundle.denoise, solver, cfg, bundle.latent_shape(size), cond=conds[0], uncond=uncond,
+                        guidance_scale=bundle.guidance_scale if guidance_scale is None else guidance_scale,
+                        seed=seed, device=self.device, dtype=self.dtype, window_batch=window_batch, mode=engine_mode)
         head_offset = cfg.padding + cfg.num_steps - cfg.window if cfg.mode == "fifo" else 0
+        starts = [codec.latent_of(start) for start, _ in schedule]  # schedule frames -> latent indices
         current = [0]
 
         def switch_prompt(event):
             if isinstance(event, IterationEnd) and len(schedule) > 1:
-                frame = event.queue[cfg.padding] - head_offset
-                k = max(i for i, (start, _) in enumerate(schedule) if start <= max(frame, 0))
+                latent = event.queue[cfg.padding] - head_offset
+                k = max(i for i, start in enumerate(starts) if start <= max(latent, 0))
                 if k != current[0]:
                     current[0] = k
-                    engine.set_condition(conds[k], self.encode(""))
+                    engine.set_condition(conds[k], uncond)
 
+        decoder, done = codec.stream_decoder(), 0
         with torch.no_grad():
-            for i, latent in enumerate(engine.run(frames, on_event=switch_prompt)):
-                frame = ((latent.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                yield frame.permute(1, 2, 0).cpu().numpy()
+            for latent in engine.run(codec.latents_for(frames), on_event=switch_prompt):
+                for frame in decoder.push(latent):
+                    yield _to_uint8(frame)
+                    done += 1
+                    if callback is not None:
+                        callback(done)
+                    if done == frames:
+                        return
+            for frame in decoder.flush()[: frames - done]:
+                yield _to_uint8(frame)
+                done += 1
                 if callback is not None:
-                    callback(i + 1)
+                    callback(done)
 
-    def render(self, path: str | os.PathLike, prompt: str, frames: int = 256, *, fps: int = 12, scale: int = 4,
-               progress: bool = True, **kw) -> RenderResult:
-        """Stream a video to `path` (.mp4 or .gif). On Ctrl-C the file is closed with every frame so far."""
+    def render(self, path: str | os.PathLike, prompt: str, frames: int = 256, *, fps: int | None = None,
+               scale: int | None = None, progress: bool = True, **kw) -> RenderResult:
+        """Stream a video to `path` (.mp4 or .gif). On Ctrl-C the file is closed with every frame so far.
+
+        fps / scale (integer upscaling in the file) default to the model's (tiny: 12 fps, x4).
+        """
         path = check_output_path(path)
+        fps = self.bundle.fps if fps is None else fps
+        scale = self.bundle.render_scale if scale is None else scale
         bar = None
         if progress:
             from tqdm import tqdm
@@ -142,18 +172,22 @@ class VideoGenerator:
         return RenderResult(path, count, time.perf_counter() - start, interrupted)
 
 
-def load(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32) -> VideoGenerator:
-    """Load a model bundle. Supported: a miga_fast bundled-model .safetensors file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model path {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from .models.tiny.bundle import TinyVideoModel
+def _to_uint8(frame: torch.Tensor) -> np.ndarray:
+    """Frame [3, H, W] in [-1, 1] (clamped) -> uint8 [H, W, 3]."""
+    frame = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frame.permute(1, 2, 0).cpu().numpy()
 
-        return VideoGenerator(TinyVideoModel.load(path), device=device, dtype=dtype)
-    raise ConfigError(f"model path {str(path)!r}: only miga_fast bundled-model .safetensors files can be rendered "
-                      "end to end so far (the Wan2.1 DiT loads with miga_fast.models.wan.WanDiT.from_pretrained; "
-                      "its VAE/text-encoder bundle is not wired into rendering yet)")
+
+def load(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32, *,
+         tokenizer: str | os.PathLike | None = None, unet_config=None) -> VideoGenerator:
+    """Load a model into a VideoGenerator: a miga_fast bundled-model .safetensors file, a VideoCrafter2
+    checkpoint (model.ckpt; `tokenizer`: folder with the CLIP vocab.json + merges.txt, default `tokenizer/`
+    next to it; `unet_config`: a VC2Config, default VideoCrafter2 512 v2.0) or a diffusers Wan2.1 T2V folder.
+    See `miga_fast.models.load`."""
+    from .models.load import load_bundle
+
+    bundle = load_bundle(path, device, dtype, tokenizer=tokenizer, unet_config=unet_config)
+    return VideoGenerator(bundle, device=device, dtype=dtype)
 
 
 def load_default(device: str = "cpu", dtype: torch.dtype = torch.float32) -> VideoGenerator:

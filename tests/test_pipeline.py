@@ -89,3 +89,35 @@ def test_cli_render_and_sheet(weights, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["render", "a red blob", "--model", str(weights), "-o", str(out)])
     assert exc.value.code == 2
+
+
+def test_stream_frames_are_the_engine_latents(weights):
+    """The codec refactor keeps the pixel-space path: frame = uint8 of the emitted latent, unchanged."""
+    from miga_fast.runtime import Engine
+    from miga_fast.solvers import make_solver
+
+    gen = load(weights)
+    frames = list(gen.stream(PROMPT, frames=4, mode="fifo", seed=2))
+    cfg = gen.config("fifo")
+    engine = Engine(gen.model.denoise, make_solver(cfg.solver, cfg.num_steps, shift=TINY.shift), cfg, (3, 8, 8),
+                    cond=gen.encode(PROMPT), uncond=gen.encode(""), guidance_scale=4.0, seed=2)
+    with torch.no_grad():
+        latents = list(engine.run(4))
+    for frame, z in zip(frames, latents, strict=True):
+        expected = ((z.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        assert np.array_equal(frame, expected)
+
+
+def test_render_a_wan_folder(tmp_path):
+    """miga_fast.load(diffusers Wan folder) -> render: latents decoded by the streaming Wan VAE into a file."""
+    import miga_fast
+    from tests.models.test_load import WAN_SMALL, build_wan_folder
+
+    folder, _ = build_wan_folder(tmp_path)
+    gen = miga_fast.load(folder)
+    done = []
+    result = gen.render(tmp_path / "wan.gif", PROMPT, frames=7, size=(16, 32), overrides=WAN_SMALL, progress=False,
+                        callback=done.append)
+    assert result.frames == 7 and done == list(range(1, 8))  # 7 frames = latents 1 + 4 + 2 of the third
+    frames = read_frames(tmp_path / "wan.gif")
+    assert len(frames) == 7 and frames[0].shape == (16, 32, 3)
