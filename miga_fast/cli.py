@@ -1,5 +1,5 @@
 """`miga-fast` command line: render (the main job), sheet, trace (print a schedule), plan (summarise one),
-eval (quality study)."""
+eval (quality study), bench (benchmarks of bench/)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,16 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _render_size(text: str) -> tuple[int, int]:
+    """render --size "HxW" -> (H, W); a malformed value is a one-line ConfigError naming --size and the form."""
+    h, sep, w = text.strip().lower().partition("x")
+    h, w = h.strip(), w.strip()
+    if not (sep and h.isascii() and h.isdigit() and w.isascii() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise ConfigError(f"--size must be HxW, the frame height and width in pixels as positive integers that are "
+                          f"multiples of the model's size multiple, e.g. 480x832 (got {text!r})")
+    return int(h), int(w)
+
+
 def cmd_render(args) -> int:
     import torch
 
@@ -84,12 +94,25 @@ def cmd_render(args) -> int:
     if not args.prompt and not args.prompt_schedule:
         raise ConfigError("a prompt is required (or --prompt-schedule), e.g. "
                           "'a red circle moving left on a striped blue background'")
+    size = None if args.size is None else _render_size(args.size)  # fail before loading or rendering
+    if args.tokenizer is not None and not args.model:
+        raise ConfigError("--tokenizer applies to VideoCrafter2 checkpoints given with --model, "
+                          "not to the bundled model")
     check_output_path(args.output)  # fail before loading or rendering
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    gen = load(args.model, args.device, dtype) if args.model else load_default(args.device, dtype)
+    if args.model:
+        gen = load(args.model, args.device, dtype, tokenizer=args.tokenizer)
+    else:
+        gen = load_default(args.device, dtype)
+    if size is not None and any(side % gen.bundle.size_multiple for side in size):
+        default = "x".join(map(str, gen.bundle.size))
+        raise ConfigError(f"--size must be HxW with H and W multiples of {gen.bundle.size_multiple} for this model "
+                          f"({gen.family}, default {default}) (got {args.size!r})")
+    # guidance / negative prompt / size / fps / scale left at None: the model's own values (VideoGenerator)
     result = gen.render(args.output, args.prompt or "", args.frames, mode=args.mode, seed=args.seed, steps=args.steps,
-                        guidance_scale=args.guidance, prompt_schedule=args.prompt_schedule,
-                        reflection=args.reflection, fps=args.fps, scale=args.scale, engine_mode=args.engine)
+                        guidance_scale=args.guidance, negative_prompt=args.negative_prompt, size=size,
+                        prompt_schedule=args.prompt_schedule, reflection=args.reflection, fps=args.fps,
+                        scale=args.scale, engine_mode=args.engine)
     state = "interrupted after" if result.interrupted else "wrote"
     print(f"{state} {result.frames} frames to {result.path} in {result.seconds:.1f} s "
           f"({result.fps:.2f} frames/s, mode {args.mode})")
@@ -119,6 +142,25 @@ def cmd_export_onnx(args) -> int:
     return export(args)
 
 
+BENCH_SCRIPTS = {"fps": "fps_memory", "overhead": "overhead", "soak": "soak"}
+
+
+def cmd_bench(args) -> int:
+    """Run bench/<script>.py of the source checkout (frames/s vs memory by default) with the remaining arguments."""
+    import importlib
+    from pathlib import Path
+
+    rest = list(args.rest)
+    which = rest.pop(0) if rest and rest[0] in BENCH_SCRIPTS else "fps"
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{BENCH_SCRIPTS[which]}.py"
+    if not path.is_file():
+        raise ConfigError(f"miga-fast bench needs the benchmarks of a source checkout ({path} not found): "
+                          "clone the repository and pip install -e '.[bench]'")
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # the scripts import their neighbours (common, baseline_loop)
+    return importlib.import_module(path.stem).main(rest)
+
+
 def _frames_range(text: str) -> tuple[int, int]:
     lo, sep, hi = text.partition(":")
     if not sep or not lo.isdigit() or not hi.isdigit():
@@ -145,22 +187,36 @@ def _add_export(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="miga-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("render", help="render a long video with the bundled model (or --model PATH)")
+    p = sub.add_parser("render", help="render a long video with the bundled model (or --model PATH: a VideoCrafter2 "
+                       "checkpoint or a diffusers Wan2.1 folder)",
+                       description="Render a long video. --guidance, --negative-prompt, --size, --fps and --scale "
+                       "default to the model's own values (those of its official sampler).")
     p.add_argument("prompt", nargs="?", help="e.g. 'a red circle moving left on a striped blue background'")
     p.add_argument("--frames", type=int, default=256)
     p.add_argument("--mode", default="miga-stream", choices=["fifo", "miga", "miga-stream"])
     p.add_argument("-o", "--output", default="out.mp4", help=".mp4 or .gif")
     p.add_argument("--prompt-schedule", help="'0:prompt a;200:prompt b' (frame:prompt pairs)")
-    p.add_argument("--model", help="model bundle path (default: the bundled model)")
+    p.add_argument("--model", metavar="PATH", help="a bundled-model .safetensors file, a VideoCrafter2 checkpoint "
+                   "(model.ckpt) or a diffusers Wan2.1 T2V folder (default: the bundled model)")
+    p.add_argument("--tokenizer", metavar="PATH", help="VideoCrafter2 checkpoints only: folder with the CLIP "
+                   "tokenizer files vocab.json + merges.txt (default: tokenizer/ next to the checkpoint)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="sampler steps T (default: the preset's)")
-    p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale, 1 = off (default: the model's: "
+                   "bundled 4, Wan2.1 5, VideoCrafter2 12)")
+    p.add_argument("--negative-prompt", metavar="TEXT", help="the prompt of the unconditional CFG branch (default: "
+                   "the model's: Wan2.1's official negative prompt, else empty)")
+    p.add_argument("--size", metavar="HxW", help="frame height x width in pixels, e.g. 480x832; both multiples of "
+                   "the model's size multiple (default: the model's: bundled 32x32, Wan2.1 480x832, "
+                   "VideoCrafter2 320x512)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--engine", default="eager", choices=["eager", "compile", "graph"],
                    help="eager; compile (torch.compile of the fixed-shape step); graph (CUDA graphs, CUDA only)")
-    p.add_argument("--fps", type=int, default=12)
-    p.add_argument("--scale", type=int, default=4, help="integer upscaling of the saved frames")
+    p.add_argument("--fps", type=int, help="frame rate of the saved video (default: the model's: bundled 12, "
+                   "Wan2.1 16, VideoCrafter2 8)")
+    p.add_argument("--scale", type=int, help="integer upscaling of the saved frames (default: the model's: "
+                   "bundled 4, else 1)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--reflection", dest="reflection", action="store_true", default=None)
     g.add_argument("--no-reflection", dest="reflection", action="store_false")
@@ -192,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-minutes", type=float, help="start no render after this; report complete groups only")
     p.set_defaults(func=cmd_eval)
     _add_export(sub)
+    # prefix_chars="+": every argument after "bench" goes to the benchmark script's own parser (also -h)
+    p = sub.add_parser("bench", prefix_chars="+", add_help=False,
+                       help="benchmarks: [fps|overhead|soak] [options] (fps: frames/s vs memory; -h for options)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
