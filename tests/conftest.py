@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from miga_fast.ops import backend as fused_backend  # noqa: E402
+
 
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
@@ -27,3 +29,25 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cpp_extension():
+    """Load the C++ kernels: the library built by setup.py, else build csrc/ now (cached in $TMPDIR)."""
+    if fused_backend.load_extension():
+        return
+    try:
+        fused_backend.build_extension()
+    except Exception as exc:  # no compiler / headers: the C++ tests cannot run here
+        pytest.skip(f"C++ extension not built and building it failed: {str(exc)[-500:]}")
+
+
+@pytest.fixture(params=["triton", "cpp"])
+def kernel_backend(request):
+    """Each kernel backend that can run on CPU tensors here (Triton: under TRITON_INTERPRET=1)."""
+    if request.param == "cpp":
+        request.getfixturevalue("cpp_extension")
+    reason = fused_backend.unavailable_reason(request.param, torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(f"{request.param} backend: {reason}")
+    return request.param

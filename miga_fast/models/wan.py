@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from ..ops.adaln import adaln_modulate_ref, gated_residual_ref
+from ..ops.adaln_modulate import adaln_modulate
 from ..ops.attention import attention
+from ..ops.gated_residual import gated_residual
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = WEIGHTS_NAME + ".index.json"
@@ -182,11 +183,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).to(x.dtype)
 
 
-def _layer_norm(x: Tensor, eps: float) -> Tensor:
-    """Parameter-free LayerNorm over the last axis, in fp32 (Wan's ``norm1``/``norm3``/``norm_out``)."""
-    return F.layer_norm(x.float(), x.shape[-1:], eps=eps)
-
-
 class _FP32LayerNorm(nn.LayerNorm):
     """Affine LayerNorm computed in fp32; returns fp32 ``[..., dim]``."""
 
@@ -272,18 +268,21 @@ class WanBlock(nn.Module):
         mod: Tensor,
         rope: tuple[Tensor, Tensor],
         backend: str | None = None,
+        ops_backend: str | None = None,
     ) -> Tensor:
         """``x [B, F, P, D]``, ``context [B, L, D]``, ``mod [B, F, 6, D]`` (time_proj) -> ``[B, F, P, D]``.
 
-        ``rope = (cos, sin) [F*P, head_dim // 2]``.
+        ``rope = (cos, sin) [F*P, head_dim // 2]``; ``backend``: attention, ``ops_backend``: the fused
+        ``adaln_modulate`` / ``gated_residual`` ops (see ``miga_fast.ops.backend``).
         """
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.scale_shift_table + mod.float()).unbind(2)
-        h = adaln_modulate_ref(_layer_norm(x, self.eps), shift1, scale1, dtype=x.dtype)
-        x = gated_residual_ref(x, self.attn1(h.flatten(1, 2), rope=rope, backend=backend).view_as(x), gate1)
+        h = adaln_modulate(x, shift1, scale1, eps=self.eps, dtype=x.dtype, backend=ops_backend)
+        x = gated_residual(x, self.attn1(h.flatten(1, 2), rope=rope, backend=backend).view_as(x), gate1,
+                           backend=ops_backend)
         h = self.norm2(x.float()).to(x.dtype)
         x = x + self.attn2(h.flatten(1, 2), context, backend=backend).view_as(x)
-        h = adaln_modulate_ref(_layer_norm(x, self.eps), shift2, scale2, dtype=x.dtype)
-        return gated_residual_ref(x, self.ffn(h), gate2)
+        h = adaln_modulate(x, shift2, scale2, eps=self.eps, dtype=x.dtype, backend=ops_backend)
+        return gated_residual(x, self.ffn(h), gate2, backend=ops_backend)
 
 
 class _MLP(nn.Module):
@@ -371,13 +370,15 @@ class WanDiT(nn.Module):
     """Wan2.1 DiT: ``x [B, C, F, H, W]`` latents, ``t [B, F]`` timesteps, text ``[B, L, text_dim]`` -> flow.
 
     Build with ``WanDiT(config)`` (random weights) or ``WanDiT.from_pretrained(folder)``. ``attn_backend``
-    forces an attention backend (see ``miga_fast.ops.attention``).
+    forces an attention backend (see ``miga_fast.ops.attention``), ``ops_backend`` one for the fused per-frame
+    adaLN ops (``ref`` / ``triton`` / ``cpp``, see ``miga_fast.ops.backend``; default: by device). The fused
+    kernels are inference-only, so with autograd enabled (training) the references run.
     """
 
-    def __init__(self, config: WanConfig, *, attn_backend: str | None = None):
+    def __init__(self, config: WanConfig, *, attn_backend: str | None = None, ops_backend: str | None = None):
         super().__init__()
         self.config = config
-        self.attn_backend = attn_backend
+        self.attn_backend, self.ops_backend = attn_backend, ops_backend
         dim = config.dim
         self.patch_embedding = nn.Conv3d(config.in_channels, dim, config.patch_size, stride=config.patch_size)
         self.condition_embedder = WanConditionEmbedder(config)
@@ -418,11 +419,12 @@ class WanDiT(nn.Module):
         rope = rope_cos_sin(frame_positions.to(x.device), hp, wp, cfg.attention_head_dim)
         temb, mod = self.condition_embedder.time(t)
         context = self.condition_embedder.text(context)
+        ops = "ref" if torch.is_grad_enabled() else self.ops_backend  # the kernels have no backward
         for block in self.blocks:
-            tokens = block(tokens, context, mod, rope, self.attn_backend)
+            tokens = block(tokens, context, mod, rope, self.attn_backend, ops)
 
         shift, scale = (self.scale_shift_table + temb.float()[:, :, None]).unbind(2)
-        out = self.proj_out(adaln_modulate_ref(_layer_norm(tokens, cfg.eps), shift, scale, dtype=dtype))
+        out = self.proj_out(adaln_modulate(tokens, shift, scale, eps=cfg.eps, dtype=dtype, backend=ops))
         # [B, F, P, ph*pw*C] -> [B, C, F, H'*ph, W'*pw]  (channel order of proj_out: ph, pw, C)
         out = out.view(b, f, hp, wp, ph, pw, -1).permute(0, 6, 1, 2, 4, 3, 5)
         return out.reshape(b, -1, f, h, w).to(x.dtype)

@@ -2,11 +2,8 @@
 
 ``out = LN(x) * (1 + scale[b, f]) + shift[b, f]`` with ``shift/scale [B, F, D]`` broadcast over the P tokens of
 each frame inside the kernel (never expanded per token); without ``eps`` x is taken as already normalised.
-Math in fp32; the result has ``dtype`` (default: the promoted dtype, fp32 with ``eps``). Drop-in for the Wan
-call sites::
-
-    adaln_modulate_ref(_layer_norm(x, eps), shift, scale, dtype=x.dtype)
-    -> adaln_modulate(x, shift, scale, eps=eps, dtype=x.dtype)
+Math in fp32; the result has ``dtype`` (default: the promoted dtype, fp32 with ``eps``). WanBlock calls
+``adaln_modulate(x, shift, scale, eps=eps, dtype=x.dtype)`` (its fp32 norm1/norm3/norm_out + modulation).
 
 Backends (``backend=`` / ``$MIGA_FAST_BACKEND``, see ``miga_fast.ops.backend``): ``ref`` =
 ``adaln_modulate_ref``, ``triton`` = op ``miga_fast::adaln_modulate_triton``, ``cpp`` = op

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, require
+from ..ops.solver_update import solver_tables, solver_update
 from ..plan import (
     Emit,
     Event,
@@ -57,13 +58,16 @@ class Engine:
 
     mode: "eager" (the reference per-call path), "compile" / "graph" (the fixed-shape static step of
     runtime/step.py, torch.compile'd or CUDA-graphed per step kind) or "auto"; see `mode` / `mode_why`.
+    ops_backend: backend of the fused `solver_update` (CFG combine + DDIM / flow-Euler step + ring write) the
+    eager path uses for memoryless solvers ("ref" / "triton" / "cpp"; default: by device, see
+    miga_fast.ops.backend); multistep solvers (UniPC) step through `solver.step`.
     """
 
     def __init__(self, denoise: Callable[[Tensor, Tensor, Tensor], Tensor], solver: Solver, cfg: PlanConfig,
                  latent_shape: tuple[int, int, int], *, cond: Tensor, uncond: Tensor | None = None,
                  guidance_scale: float = 1.0, seed: int = 0, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, window_batch: int = 0, noise_method: str | None = None,
-                 mode: str = "eager", graph_pool_budget: int | None = None):
+                 mode: str = "eager", graph_pool_budget: int | None = None, ops_backend: str | None = None):
         self.cfg = cfg.validated()
         require(guidance_scale >= 0, "guidance_scale", "a number >= 0", guidance_scale)
         require(window_batch >= 0, "window_batch", "an integer >= 0 (0: a whole group per call)", window_batch)
@@ -82,6 +86,11 @@ class Engine:
         self.ring: LatentRing | None = None
         self.stats = EngineStats()
         self._stochastic = getattr(solver, "eta", 0.0) > 0
+        self.ops_backend = ops_backend
+        try:  # memoryless affine solvers: one fused pass replaces CFG combine + step + index_copy_
+            self._tables = solver_tables(self.solver)
+        except TypeError:
+            self._tables = None
         self._cfg_inputs: dict[tuple[int, ...], Tensor] = {}
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         # mode compile / graph: model calls run the fixed-shape static step (runtime/step.py), whose ring
@@ -235,8 +244,14 @@ class Engine:
 
     def _predict(self, x: Tensor, levels: Tensor) -> Tensor:
         """Denoiser prediction (CFG-combined) for windows x [B, F, C, H, W] at levels [B, F]."""
+        cond, uncond = self._predict_split(x, levels)
+        pred = cond if uncond is None else uncond + self.guidance_scale * (cond - uncond)
+        return pred.permute(0, 2, 1, 3, 4)  # [B, F, C, H, W]
+
+    def _predict_split(self, x: Tensor, levels: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Conditional and unconditional (None without CFG) predictions [B, C, F, H, W] of one batched call."""
         B, F = levels.shape
-        t = self.solver.model_timesteps(levels.flatten()).view(B, F).to(self.dtype)
+        t = self.solver.model_timesteps(levels.flatten()).view(B, F).float()  # fp32: bf16 rounds 999 to 1000
         xin = x.permute(0, 2, 1, 3, 4)  # [B, C, F, H, W]
         expect = tuple(xin.shape)
         if self.guidance_scale != 1.0:
@@ -251,13 +266,12 @@ class Engine:
         if tuple(pred.shape) != tuple(xin.shape):
             raise EngineError(f"denoiser returned shape {tuple(pred.shape)} for input {tuple(xin.shape)} "
                               "[B, C, F, H, W]; it must return a prediction of the input's shape")
-        if self.guidance_scale != 1.0:
-            c, u = pred[:B], pred[B:]
-            pred = u + self.guidance_scale * (c - u)
         self._finite &= torch.isfinite(pred).all()
         self.stats.model_calls += 1
         self.stats.windows += B
-        return pred.permute(0, 2, 1, 3, 4)  # [B, F, C, H, W]
+        if self.guidance_scale != 1.0:
+            return pred[:B], pred[B:]
+        return pred, None
 
     def _execute_group_end(self, calls: list[ModelCall]) -> None:
         """Run the last batch of a group, then write back the batches held for it."""
@@ -291,7 +305,6 @@ class Engine:
             idx = torch.tensor(pos, device=self.device)
             eps = self.noise.draw(NOISE_RENOISE, ser, lvs, self.latent_shape, self.dtype)
             x[idx] = self.solver.add_noise(x[idx], eps, levels[idx])
-        pred = self._predict(x.view(B, F, *self.latent_shape), levels.view(B, F))
         writes = [b * F + p for b, c in enumerate(calls) for p in c.writes]
         w = torch.tensor(writes, device=self.device)
         w_slots = slots[w]
@@ -299,6 +312,14 @@ class Engine:
         if self._stochastic:
             noise = self.noise.draw(calls[0].noise_stream, [calls[i // F].serials[i % F] for i in writes],
                                     [flat_levels[i] for i in writes], self.latent_shape, self.dtype)
+        if self._tables is not None and self._held is None:
+            # fused: CFG combine + step of the written rows straight into their ring slots
+            cond, uncond = self._predict_split(x.view(B, F, *self.latent_shape), levels.view(B, F))
+            solver_update(self.ring.latents, w_slots, x, levels[w], cond.transpose(1, 2),
+                          None if uncond is None else uncond.transpose(1, 2), guidance_scale=self.guidance_scale,
+                          rows=w, noise=noise, backend=self.ops_backend, **self._tables)
+            return
+        pred = self._predict(x.view(B, F, *self.latent_shape), levels.view(B, F))
         new = self.solver.step(x[w], pred.reshape(B * F, *self.latent_shape)[w], levels[w],
                                slots=w_slots, state=self.ring.state, noise=noise)
         if self._held is not None:  # solver state may move now: calls of a group write disjoint slots

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from miga_fast.models.wan import _layer_norm
 from miga_fast.ops import backend as fused_backend
 from miga_fast.ops.adaln_modulate import adaln_modulate, adaln_modulate_ref
 
@@ -44,10 +44,10 @@ def test_half_modulation_promotes(kernel_backend, mod_dtype):
     torch.testing.assert_close(out.float(), ref, **TOL[out.dtype])
 
 
-def test_wan_call_site_is_drop_in():
-    """WanBlock's ``adaln_modulate_ref(_layer_norm(x, eps), shift, scale, dtype=x.dtype)``, bit for bit."""
+def test_eps_is_wan_fp32_layer_norm_then_modulate():
+    """``eps=`` means Wan's parameter-free fp32 LayerNorm first (its norm1/norm3/norm_out), bit for bit."""
     x, shift, scale = inputs((2, 3, 4, 16), torch.float32)
-    old = adaln_modulate_ref(_layer_norm(x, 1e-6), shift, scale, dtype=x.dtype)
+    old = adaln_modulate_ref(F.layer_norm(x.float(), x.shape[-1:], eps=1e-6), shift, scale, dtype=x.dtype)
     assert torch.equal(adaln_modulate(x, shift, scale, eps=1e-6, dtype=x.dtype, backend="ref"), old)
 
 
