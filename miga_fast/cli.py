@@ -240,8 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=128)
     p.add_argument("--out", default="bench/results/quality")
     p.add_argument("--model", help="model bundle path (default: the bundled model)")
-    p.add_argument("--variants", help="comma-separated variant names (default: all with --study, else the 3 modes)")
-    p.add_argument("--workers", type=int, default=2, help="render processes (one torch thread each)")
+    p.add_argument("--variants",
+                   help="comma-separated variant names (default: all but reflection with --study, else the 3 modes)")
+    p.add_argument("--workers", type=int, default=1, help="render processes (sharing the CPU's threads)")
+    p.add_argument("--pack", type=int, default=40,
+                   help="videos per engine run, packed along channels (reflection runs unpacked: its decisions "
+                        "would be shared)")
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--gap-clips", type=int, default=16, help="held-out clips for the gap probe (--study)")
     p.add_argument("--speed", action="store_true", help="only measure frames/s per variant and project the time")

@@ -54,6 +54,8 @@ VARIANTS: list[Variant] = [
             note="self-reflection on (K=3 rollouts, judged level 10, r=2)"),
 ]
 BASIC = ("fifo", "miga", "miga-stream")
+# --study default: reflection renders unpacked (one video per run), 40x the cost of the others: ask for it by name
+STUDY = [v.name for v in VARIANTS if not v.overrides.get("reflection")]
 
 # Distinct objects, backgrounds, motions and textures; colour pairs far apart so segmentation is clean.
 PROMPTS = [
@@ -90,30 +92,33 @@ def _generator(model_path: str, threads: int):
     if model_path not in _GEN:
         from ..pipeline import load
 
-        torch.set_num_threads(threads)
         _GEN[model_path] = load(model_path)
+    torch.set_num_threads(threads)
     return _GEN[model_path]
 
 
-FINISHED = " +L0"  # suffix of the rows with the missing level-0 step added (`finish_level0`)
-
-
 @torch.no_grad()
-def render_latents(gen, prompt: str, frames: int, mode: str, seed: int, guidance: float = 4.0,
-                   overrides: dict | None = None):
-    """Output latents [N, C, H, W] exactly as `VideoGenerator.stream` computes them, and the solver.
+def render_pack(gen, variant: Variant, videos: list[tuple[str, int]], frames: int, guidance: float = 4.0,
+                seed: int = 0) -> torch.Tensor:
+    """Output latents ``[V, N, C, H, W]`` of V videos ``(prompt, seed index)`` in ONE packed engine run.
 
-    Same construction as `stream` (single prompt), stopping before the uint8 conversion so the
-    diagnostic `finish_level0` can see the latents; `to_uint8` of the result equals `stream`'s frames.
+    The bundled model is launch-bound (a window is 512 tokens), so packing V videos along channels
+    (``runtime/batch.py``) makes each model call carry V videos. Each video's noise is keyed by its position
+    in the pack, so a (prompt, seed index) gets the same noise keys in every variant (paired comparisons).
     """
     from ..runtime import Engine
+    from ..runtime.batch import PackedDenoiser, pack_conditions, unpack_latent
     from ..solvers import make_solver
 
-    cfg = gen.config(mode, overrides=overrides)
-    solver = make_solver(cfg.solver, cfg.num_steps, shift=gen.model.spec.shift)
-    engine = Engine(gen.model.denoise, solver, cfg, (3, gen.frame_size, gen.frame_size), cond=gen.encode(prompt),
-                    uncond=gen.encode(""), guidance_scale=guidance, seed=seed, device=gen.device, dtype=gen.dtype)
-    return torch.stack(list(engine.run(frames))), solver
+    cfg = gen.config(variant.mode, overrides=variant.overrides)
+    solver = make_solver(cfg.solver, cfg.num_steps, shift=gen.bundle.shift)
+    n = len(videos)
+    cond = pack_conditions([gen.encode(p) for p, _ in videos])
+    uncond = pack_conditions([gen.encode("")] * n)
+    shape = (n * 3, gen.frame_size, gen.frame_size)
+    engine = Engine(PackedDenoiser(gen.bundle.denoise, n), solver, cfg, shape, cond=cond, uncond=uncond,
+                    guidance_scale=guidance, seed=seed, device=gen.device, dtype=gen.dtype)
+    return torch.stack([unpack_latent(x, n) for x in engine.run(frames)], dim=1)
 
 
 def to_uint8(latents: torch.Tensor) -> np.ndarray:
@@ -121,89 +126,61 @@ def to_uint8(latents: torch.Tensor) -> np.ndarray:
     return ((latents.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-@torch.no_grad()
-def finish_level0(gen, latents: torch.Tensor, prompt: str, solver, guidance: float = 4.0) -> torch.Tensor:
-    """Diagnostic: the level-0 step the tiny MIGA presets never take. [N, C, H, W] -> same shape.
-
-    MIGA's schedule comes from VideoCrafter2, where the level-0 DDIM step is an identity, so MIGA's
-    last call is at level 1 and its latents are emitted AT level 0. With a flow solver level 0 is
-    sigma_0 = 0.167 (T=16, shift 3), not clean: the step to sigma 0 is ``x0 = x - sigma_0 v``. We take it
-    in f0-frame windows with every frame at level 0 (the training condition), CFG as in rendering.
-    """
-    f0, n = gen.model.spec.window, len(latents)
-    w = min(f0, n)
-    starts = sorted(set(range(0, n - w + 1, w)) | {n - w})  # last window right-aligned
-    out = latents.clone()
-    zero = torch.zeros(1, w, dtype=torch.long)
-    t = solver.model_timesteps(zero.flatten()).view(1, w).to(latents.dtype).repeat(2, 1)
-    cond = torch.cat([gen.encode(prompt), gen.encode("")])
-    covered = 0
-    for s in starts:
-        x = latents[s : s + w].permute(1, 0, 2, 3)[None]  # [1, C, F, H, W]
-        c, u = gen.model.denoise(x.expand(2, *x.shape[1:]), t, cond).chunk(2)
-        v = (u + guidance * (c - u))[0].permute(1, 0, 2, 3)
-        new = max(s, covered)  # the right-aligned tail window only writes frames not yet finished
-        out[new : s + w] = latents[new : s + w] - solver.sigmas[0] * v[new - s :]
-        covered = s + w
-    return out
-
-
-def render_and_score(model_path: str, variant: Variant, prompt: str, seed: int, frames: int,
+def render_and_score(model_path: str, variant: Variant, videos: list[tuple[str, int]], frames: int,
                      guidance: float = 4.0, threads: int = 1) -> list[dict]:
-    """Render one video and score it: rows of scores plus `series` (per-frame arrays). MIGA variants
-    give a second row (name + " +L0") scored after `finish_level0`, from the same latents."""
+    """Render a pack of videos and score each: one row per video with its scores and `series` (per-frame
+    arrays); `seconds` is the pack's wall time divided by its size."""
     gen = _generator(model_path, threads)
     start = time.perf_counter()
-    latents, solver = render_latents(gen, prompt, frames, variant.mode, seed, guidance, variant.overrides)
-    seconds = time.perf_counter() - start
-    videos = [(variant.name, latents)]
-    if variant.mode != "fifo":
-        videos.append((variant.name + FINISHED, finish_level0(gen, latents, prompt, solver, guidance)))
+    latents = render_pack(gen, variant, videos, frames, guidance)
+    seconds = (time.perf_counter() - start) / len(videos)
     rows = []
-    for name, lat in videos:
+    for (prompt, seed), lat in zip(videos, latents, strict=True):
         scores = all_metrics(to_uint8(lat), prompt)
-        rows.append({"variant": name, "prompt": prompt, "seed": seed, "frames": frames, "seconds": seconds,
+        rows.append({"variant": variant.name, "prompt": prompt, "seed": seed, "frames": frames, "seconds": seconds,
                      **{k: scores[k][0] for k in METRICS}, "series": {k: scores[k][1] for k in SERIES}})
     return rows
 
 
 def run_study(model_path: str | os.PathLike, variants: list[Variant], prompts: list[str], seeds: Iterable[int],
-              frames: int, *, guidance: float = 4.0, workers: int = 1, deadline: float | None = None,
-              progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every (variant, prompt, seed), `workers` processes with one torch thread each (windows are small:
-    two single-thread processes beat one two-thread process on 2 cores).
+              frames: int, *, guidance: float = 4.0, workers: int = 1, pack: int = 40, deadline: float | None = None,
+              progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Every (variant, prompt, seed): per variant, the videos in packs of up to `pack` (reflection: 1, its
+    decisions would be shared by a pack), packs on `workers` processes of 2 // workers torch threads.
 
-    Tasks run seed by seed, prompt by prompt (all variants of a pair together); past `deadline`
-    (time.perf_counter) no new task starts, so a cut-off study loses whole (prompt, seed) groups
-    last-first (`complete_groups` drops the partial ones). Rows in task order.
+    Past `deadline` (time.perf_counter) no new pack starts; `complete_groups` then keeps only the
+    (prompt, seed) groups every variant rendered. Rows in task order.
     """
-    tasks = [(v, p, s) for s in seeds for p in prompts for v in variants]
+    videos = [(p, s) for s in seeds for p in prompts]
+    tasks = []
+    for v in variants:
+        size = 1 if v.overrides.get("reflection") else pack
+        tasks += [(v, videos[i : i + size]) for i in range(0, len(videos), size)]
     model_path = str(model_path)
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
 
     def late():
         return deadline is not None and time.perf_counter() > deadline
 
     if workers <= 1:
         rows = []
-        for v, p, s in tasks:
+        for v, pack_videos in tasks:
             if late():
                 break
-            rows += render_and_score(model_path, v, p, s, frames, guidance, threads=torch.get_num_threads())
+            rows += (new := render_and_score(model_path, v, pack_videos, frames, guidance, threads))
             if progress:
-                progress(rows[-1])
+                progress(new)
         return rows
-    # within a group, slowest first (reflection, offline MIGA) so the pool drains evenly
-    order = sorted(range(len(tasks)), key=lambda i: (i // len(variants), tasks[i][0].name != "miga + reflection",
-                                                      tasks[i][0].mode != "miga"))
     done: list[list[dict]] = [[] for _ in tasks]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(render_and_score, model_path, *tasks[i], frames, guidance, 1): i for i in order}
+        futures = {pool.submit(render_and_score, model_path, *tasks[i], frames, guidance, threads): i
+                   for i in range(len(tasks))}
         for fut in as_completed(futures):
             if fut.cancelled():
                 continue
             done[futures[fut]] = fut.result()
             if progress:
-                progress(done[futures[fut]][0])
+                progress(done[futures[fut]])
             if late():
                 for f in futures:
                     f.cancel()  # only tasks not yet started; running ones finish
@@ -219,17 +196,16 @@ def complete_groups(rows: list[dict]) -> list[dict]:
     return [r for r in rows if have[(r["prompt"], r["seed"])] == names]
 
 
-def measure_speed(model_path: str | os.PathLike, variants: list[Variant], frames: int = 64,
-                  prompt: str = PROMPTS[0], threads: int = 1) -> dict[str, float]:
-    """Frames per second of each variant (one video, `threads` torch threads, model already loaded)."""
+def measure_speed(model_path: str | os.PathLike, variants: list[Variant], frames: int = 64, pack: int = 40,
+                  prompt: str = PROMPTS[0], threads: int = 2) -> dict[str, float]:
+    """Video frames per second of each variant rendered as one pack of `pack` videos (model loaded first)."""
     gen = _generator(str(model_path), threads)
-    torch.set_num_threads(threads)
     out = {}
     for v in variants:
+        size = 1 if v.overrides.get("reflection") else pack
         start = time.perf_counter()
-        for _ in gen.stream(prompt, frames, mode=v.mode, seed=0, overrides=v.overrides):
-            pass
-        out[v.name] = frames / (time.perf_counter() - start)
+        render_pack(gen, v, [(prompt, i) for i in range(size)], frames)
+        out[v.name] = size * frames / (time.perf_counter() - start)
     return out
 
 
@@ -357,7 +333,7 @@ def plot_frames(per_frame: list[dict], variants: list[str], path: Path, smooth: 
                 continue
             k = min(smooth, len(y))
             ys = np.convolve(y, np.ones(k) / k, mode="valid")
-            ax.plot(np.arange(len(ys)) + (k - 1) / 2, ys, "--" if v.endswith(FINISHED) else "-", label=v, lw=1.4)
+            ax.plot(np.arange(len(ys)) + (k - 1) / 2, ys, label=v, lw=1.4)
         ax.set_title(f"{m} ({'higher' if DIRECTION[m] > 0 else 'lower'} is better)")
         ax.set_xlabel("frame index")
     axes.flat[0].legend(fontsize=8)
@@ -395,20 +371,12 @@ def plot_gap(summary: list[dict], path: Path) -> None:
 
 
 def comparison_pairs(variants: list[str]) -> list[tuple[str, str]]:
-    """(a, b) pairs for the difference table: everything vs FIFO, stream vs offline, each ablation vs
-    official MIGA (raw vs raw, +L0 vs +L0) and the missing level-0 step's own effect."""
+    """(a, b) pairs for the difference table: everything vs FIFO, stream vs offline, each ablation vs MIGA."""
     have = set(variants)
     pairs = [(v, "fifo") for v in variants if v != "fifo"] if "fifo" in have else []
-    for sfx in ("", FINISHED):
-        if "miga" + sfx in have and "miga-stream" + sfx in have:
-            pairs.append(("miga-stream" + sfx, "miga" + sfx))
-    for v in variants:
-        if v.startswith("miga ") and not v.startswith("miga +L0"):
-            base = "miga" + (FINISHED if v.endswith(FINISHED) else "")
-            if base in have:
-                pairs.append((v, base))
-        if v.endswith(FINISHED) and v[: -len(FINISHED)] in have:
-            pairs.append((v, v[: -len(FINISHED)]))
+    if "miga" in have and "miga-stream" in have:
+        pairs.append(("miga-stream", "miga"))
+    pairs += [(v, "miga") for v in variants if v.startswith("miga ") and "miga" in have]
     return list(dict.fromkeys(pairs))
 
 
@@ -423,12 +391,10 @@ def write_results(out: str | os.PathLike, rows: list[dict], gap_rows: list[dict]
     _write_csv(out / "videos.csv", [{k: v for k, v in r.items() if k != "series"} for r in rows])
     per_frame = frame_means(rows, variants)
     _write_csv(out / "per_frame.csv", per_frame)
-    main_modes = [v for v in variants if v.replace(FINISHED, "") in BASIC]
-    plot_frames(per_frame, main_modes, out / "metrics_vs_frame.png")
-    ablations = [v for v in variants if v.startswith("miga") and v.replace(FINISHED, "") not in BASIC[2:]]
+    plot_frames(per_frame, [v for v in variants if v in BASIC], out / "metrics_vs_frame.png")
+    ablations = [v for v in variants if v.startswith("miga") and v != "miga-stream"]
     if len(ablations) > 2:
-        plot_frames(per_frame, [v for v in ablations if not v.endswith(FINISHED)], out / "ablations_vs_frame.png")
-        plot_frames(per_frame, [v for v in ablations if v.endswith(FINISHED)], out / "ablations_L0_vs_frame.png")
+        plot_frames(per_frame, ablations, out / "ablations_vs_frame.png")
     lines = list(header or [])
     lines += ["## Means over videos [95% t-interval]", "", *summary_table(rows, variants), ""]
     pairs = comparison_pairs(variants)
@@ -451,7 +417,7 @@ def write_results(out: str | os.PathLike, rows: list[dict], gap_rows: list[dict]
 def _command(args, variants: list[Variant]) -> str:
     parts = ["miga-fast eval"] + (["--study"] if args.study else [])
     parts += [f"--seeds {args.seeds}", f"--prompts {args.prompts}", f"--frames {args.frames}", f"--out {args.out}",
-              f"--workers {args.workers}", f"--guidance {args.guidance:g}"]
+              f"--workers {args.workers}", f"--pack {args.pack}", f"--guidance {args.guidance:g}"]
     if args.model:
         parts.append(f"--model {args.model}")
     if args.variants:
@@ -471,7 +437,7 @@ def run_eval(args) -> int:
     model = Path(args.model) if args.model else DEFAULT_WEIGHTS
     if not model.is_file():
         raise FileNotFoundError(f"model {model} not found")
-    names = args.variants.split(",") if args.variants else (None if args.study else list(BASIC))
+    names = args.variants.split(",") if args.variants else (STUDY if args.study else list(BASIC))
     try:
         variants = variants_named([n.strip() for n in names] if names else None)
     except ValueError as exc:
@@ -483,27 +449,29 @@ def run_eval(args) -> int:
     prompts, seeds = PROMPTS[: args.prompts], list(range(args.seeds))
     videos = len(variants) * len(prompts) * len(seeds)
     if args.speed:
-        fps = measure_speed(model, variants, args.frames)
+        fps = measure_speed(model, variants, args.frames, args.pack)
         total = sum(len(prompts) * len(seeds) * args.frames / f for f in fps.values())
         for name, f in fps.items():
-            print(f"{name:<20} {f:7.2f} frames/s (1 thread, {args.frames} frames)")
-        print(f"projected: {videos} videos, {total / 60:.1f} min on 1 thread, "
-              f"~{total / 60 / max(args.workers, 1):.1f} min with {args.workers} workers")
+            print(f"{name:<20} {f:7.2f} video frames/s ({args.frames} frames, packs of {args.pack}, 2 threads)")
+        print(f"projected: {videos} videos, {total / 60:.1f} min")
         return 0
     start = time.perf_counter()
     done = [0]
 
-    def progress(row):
-        done[0] += 1
-        print(f"[{done[0]}/{videos}] {row['variant']:<18} seed {row['seed']} {row['frames']} frames "
-              f"{row['seconds']:.0f} s  subj {row['subject_consistency']:.4f} flick {row['temporal_flickering']:.4f} "
-              f"colour {row['colour_error']:.3f}  ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+    def progress(rows):
+        done[0] += len(rows)
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("subject_consistency", "temporal_flickering",
+                                                                   "colour_error")}
+        print(f"[{done[0]}/{videos}] {rows[0]['variant']:<18} {len(rows)} videos x {rows[0]['frames']} frames "
+              f"{rows[0]['seconds'] * len(rows):.0f} s  subj {mean['subject_consistency']:.4f} "
+              f"flick {mean['temporal_flickering']:.4f} colour {mean['colour_error']:.3f}  "
+              f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
 
     deadline = start + 60 * args.budget_minutes if args.budget_minutes else None
     rows = run_study(model, variants, prompts, seeds, args.frames, guidance=args.guidance, workers=args.workers,
-                     deadline=deadline, progress=progress)
+                     pack=args.pack, deadline=deadline, progress=progress)
     render_minutes = (time.perf_counter() - start) / 60
-    rendered = len({(r["prompt"], r["seed"], r["variant"]) for r in rows if FINISHED not in r["variant"]})
+    rendered = len(rows)
     rows = complete_groups(rows)
     groups = sorted({(r["seed"], PROMPTS.index(r["prompt"])) for r in rows})
     if len(groups) < len(prompts) * len(seeds):
@@ -527,9 +495,7 @@ def run_eval(args) -> int:
         sizes += (f". BUDGET CUT at {args.budget_minutes:g} min: only {len(groups)} of {len(prompts) * len(seeds)} "
                   f"(prompt, seed) groups were complete and are reported: (seed, prompt index) {groups}")
     header = ["# Quality study: does MIGA beat FIFO here?", "", f"`{command}`", "", sizes, "",
-              "Variants:", "", *[f"- **{v.name}**: {v.note}" for v in variants],
-              f"- **<name>{FINISHED}**: the same latents after `finish_level0`, the level-0 step (sigma 0.167 -> 0) "
-              "the VC2-derived MIGA schedule never takes; a diagnostic, not an official setting", ""]
+              "Variants:", "", *[f"- **{v.name}**: {v.note}" for v in variants], ""]
     table = write_results(args.out, rows, gap_rows, header)
     readme = Path(args.out) / "README.md"
     if not readme.exists():

@@ -13,14 +13,12 @@ from miga_fast.pipeline import load
 from miga_fast.quality.gap import heldout_clips, level_patterns, probe_gap, summarise_gap
 from miga_fast.quality.study import (
     BASIC,
-    FINISHED,
     PROMPTS,
     VARIANTS,
     comparison_pairs,
     complete_groups,
-    finish_level0,
     paired_differences,
-    render_latents,
+    render_pack,
     run_study,
     to_uint8,
     variants_named,
@@ -120,13 +118,11 @@ def test_study_cli_end_to_end(weights, tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     with open(out / "videos.csv") as f:
         rows = list(csv.DictReader(f))
-    expected = [n for v in names for n in ([v] if v == "fifo" else [v, v + FINISHED])]
-    assert [r["variant"] for r in rows] == expected
+    assert [r["variant"] for r in rows] == names
     assert all(r["frames"] == "8" and 0 <= float(r["subject_consistency"]) <= 1 for r in rows)
     table = (out / "table.md").read_text()
     assert "miga − fifo" in table and "miga-stream − miga" in table and "fifo diagonal" in table
     assert "miga-fast eval --study --seeds 1" in (out / "README.md").read_text()
-    assert (out / "ablations_L0_vs_frame.png").stat().st_size > 0
     assert "wrote" in capsys.readouterr().out
 
 
@@ -134,9 +130,8 @@ def test_study_parallel_matches_serial(weights):
     kw = dict(variants=variants_named(["fifo", "miga-stream"]), prompts=PROMPTS[:1], seeds=[0, 1], frames=6)
     serial = run_study(weights, workers=1, **kw)
     parallel = run_study(weights, workers=2, **kw)
-    assert [(r["variant"], r["seed"]) for r in serial] == [
-        ("fifo", 0), ("miga-stream", 0), ("miga-stream +L0", 0), ("fifo", 1), ("miga-stream", 1),
-        ("miga-stream +L0", 1)]
+    assert [(r["variant"], r["seed"]) for r in serial] == [("fifo", 0), ("fifo", 1), ("miga-stream", 0),
+                                                           ("miga-stream", 1)]
     for a, b in zip(serial, parallel, strict=True):
         assert (a["variant"], a["seed"]) == (b["variant"], b["seed"])
         assert a["subject_consistency"] == pytest.approx(b["subject_consistency"], abs=1e-6)
@@ -144,25 +139,25 @@ def test_study_parallel_matches_serial(weights):
     assert d.shape == (2,)
 
 
-def test_render_latents_match_stream_and_finish(weights):
+def test_study_scores_what_users_get(weights):
+    """A pack of one video is exactly `stream`'s frames; in a pack, each video follows its own prompt."""
     gen = load(weights)
-    latents, solver = render_latents(gen, PROMPTS[0], 10, "miga", seed=3)
+    miga = variants_named(["miga"])[0]
+    single = render_pack(gen, miga, [(PROMPTS[0], 3)], 10, seed=3)[0]
     stream = np.stack(list(gen.stream(PROMPTS[0], 10, mode="miga", seed=3)))
-    assert np.array_equal(to_uint8(latents), stream)  # the study scores exactly what users get
-    done = finish_level0(gen, latents, PROMPTS[0], solver)
-    assert done.shape == latents.shape and torch.isfinite(done).all() and not torch.equal(done, latents)
-    # every frame is finished exactly once from its own window: the right-aligned tail window too
-    again = finish_level0(gen, latents[:8], PROMPTS[0], solver)
-    assert torch.allclose(done[:8], again, atol=1e-6)
+    assert np.array_equal(to_uint8(single), stream)
+    packed = render_pack(gen, miga, [(PROMPTS[0], 0), (PROMPTS[1], 0)], 10)
+    assert packed.shape == (2, 10, *single.shape[1:]) and torch.isfinite(packed).all()
+    assert not torch.allclose(packed[0], packed[1])
 
 
 def test_comparison_pairs():
-    names = ["fifo", "miga", "miga +L0", "miga-stream", "miga-stream +L0", "miga zigzag=4", "miga zigzag=4 +L0"]
+    names = ["fifo", "miga", "miga-stream", "miga zigzag=4", "miga no guidance"]
     pairs = comparison_pairs(names)
-    assert ("miga", "fifo") in pairs and ("miga-stream", "miga") in pairs
-    assert ("miga-stream +L0", "miga +L0") in pairs and ("miga zigzag=4 +L0", "miga +L0") in pairs
-    assert ("miga zigzag=4", "miga") in pairs and ("miga +L0", "miga") in pairs
-    assert len(pairs) == len(set(pairs))
+    assert pairs[:4] == [("miga", "fifo"), ("miga-stream", "fifo"), ("miga zigzag=4", "fifo"),
+                         ("miga no guidance", "fifo")]
+    assert ("miga-stream", "miga") in pairs and ("miga zigzag=4", "miga") in pairs
+    assert ("miga no guidance", "miga") in pairs and len(pairs) == len(set(pairs)) == 7
 
 
 def test_bad_eval_arguments(weights):

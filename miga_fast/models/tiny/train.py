@@ -98,6 +98,9 @@ def main(argv=None) -> None:
     p.add_argument("--pool", type=int, default=2048, help="clips kept rendered")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="fraction of prompts replaced by ''")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these bundled-model weights (e.g. the shipped file) with a fresh optimizer; "
+                        "the step count continues from the file's 'steps' metadata")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -108,20 +111,27 @@ def main(argv=None) -> None:
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     rng = random.Random(args.seed)
-    step = 0
+    step = init_step = 0
     ckpt = work / "checkpoint.pt"
+    if args.init is not None and not ckpt.exists():
+        start_model = TinyVideoModel.load(args.init)
+        model.load_state_dict(start_model.state_dict())
+        ema.load_state_dict(start_model.state_dict())
+        step = init_step = int(start_model.metadata.get("steps", 0))
+        print(f"initialised from {args.init} (step {step})")
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
+        init_step = state.get("init_step", 0)
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {ckpt} at step {step}")
     pool = ClipPool(args.pool, 2 * spec.window, spec.frame_size, rng)
     log_path = work / "loss.csv"
-    new_log = not log_path.exists() or step == 0
+    new_log = not log_path.exists() or step == init_step
     log = open(log_path, "w" if new_log else "a", newline="")
     writer = csv.writer(log)
     if new_log:
@@ -129,7 +139,7 @@ def main(argv=None) -> None:
 
     def save():
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt)
+                    "init_step": init_step, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt)
         ema.save(work / "tiny_world.safetensors", extra={"steps": step, "seed": args.seed, "batch": args.batch})
         log.flush()
         plot_loss(log_path, work / "loss.png")
@@ -148,8 +158,9 @@ def main(argv=None) -> None:
             t = (sigma * 1000).view(-1, 1).expand(-1, spec.window)  # one level per clip (training condition)
             pred = model.dit(xt, t, model.text.encode(prompts))
             loss = (pred - (eps - x0)).pow(2).mean()
-            cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps)))
-            lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * cosine)
+            cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - init_step) / max(1, args.steps - init_step))))
+            # warm-up restarts with a fresh optimizer (--init): Adam's moments start at zero again
+            lr = args.lr * min(1.0, (step + 1 - init_step) / 200) * (0.1 + 0.9 * cosine)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
