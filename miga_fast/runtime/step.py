@@ -54,7 +54,7 @@ def window_step(latents: Tensor, dst: Tensor, state: dict[str, Tensor], slots: T
     x = latents.index_select(0, slots)  # [N, C, H, W]
     if renoise_mask is not None:  # static: read-only context re-noised on the fly (miga-stream)
         x = torch.where(per_latent(renoise_mask, x), solver.add_noise(x, renoise_eps, levels), x)
-    t = solver.model_timesteps(levels).view(batch, frames).to(x.dtype)
+    t = solver.model_timesteps(levels).view(batch, frames).float()  # fp32 timesteps whatever the latent dtype
     xin = x.view(batch, frames, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # [B, C, F, H, W]
     cfg = guidance_scale != 1.0
     if cfg:  # cond and uncond stacked on B: one call

@@ -5,7 +5,7 @@ Written to follow the official loops line by line (Python lists of (serial, leve
 misunderstanding is unlikely. Produces trace records in the `miga-fast trace` format. Rollout
 calls with no write-back are skipped here too (they cannot change any latent).
 
-With an executor `ex` (tests/runtime/eager_executor.py) the same loops also compute the video
+With an executor `ex` (bench/baseline_loop.py) the same loops also compute the video
 eagerly on lists of tensors, which is how the engine's outputs are checked.
 """
 

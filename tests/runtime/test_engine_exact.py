@@ -1,15 +1,16 @@
-"""The engine's emitted latents equal the eager official-style loop given identical noise."""
+"""The engine's emitted latents equal the eager official-style loop (bench/baseline_loop.py) given identical noise,
+the loop driven by the independent re-derivation of the official schedules (tests/plan/official_reference.py)."""
 
 import pytest
 import torch
 
+from bench.baseline_loop import BaselineLoop
 from miga_fast.models.toy import ToyDenoiser
 from miga_fast.plan import preset
 from miga_fast.runtime import Engine
 from miga_fast.solvers import DDIMSolver
 
 from ..plan.official_reference import fifo_trace, miga_vc2_trace
-from .eager_executor import EagerDDIMExecutor
 
 SHAPE = (4, 6, 6)
 
@@ -31,8 +32,8 @@ def run_both(model, cfg, n, reference, scale=7.5, **ref_kw):
     with torch.no_grad():
         base = engine.sample_base()
         ours = torch.stack(list(engine.run(n, base=base)))
-        ex = EagerDDIMExecutor(model, base, cfg.num_steps, cond=cond, uncond=uncond, guidance_scale=scale,
-                               seed=3, threshold=cfg.reflect_threshold)
+        ex = BaselineLoop(model, base, cfg.num_steps, cond=cond, uncond=uncond, guidance_scale=scale, solver="ddim",
+                          seed=3, threshold=cfg.reflect_threshold)
         reference(ex, **ref_kw)
     ref = torch.stack(ex.outputs)
     return ours, ref, engine, ex
