@@ -52,18 +52,29 @@ def wan():
     return WanDiT(TINY_WAN).eval().denoise, (4, 8, 8)
 
 
-# name -> (model factory, preset, overrides, output latents)
+SMALL_WAN = dict(num_steps=20, window=9, zigzag=3, guidance_frames=2, stride=4, end_level=3, refine_level=3)
+REFLECT = dict(reflection=True, judged_level=8, reflect_blocks=2, candidates=2, reflect_threshold=-1.0)
+TINY_MIGA = dict(num_steps=12, window=4, zigzag=2, guidance_frames=1, stride=2, end_level=2, refine_level=2,
+                 reflection=False)
+
+# name -> (model factory, preset, overrides, output latents): every preset, small shapes
 CASES = {
     "toy-fifo": (toy, "vc2-fifo", dict(num_steps=16, window=8), 100),
+    "toy-fifo-nolookahead": (toy, "vc2-fifo-nolookahead", dict(num_steps=16, window=8), 60),
+    "toy-miga": (toy, "vc2-miga", SMALL_MIGA, 40),
+    "toy-miga-reflection": (toy, "vc2-miga", dict(SMALL_MIGA, num_steps=16, **REFLECT), 24),  # rollouts triggered
     "toy-miga-stream": (toy, "vc2-miga-stream", SMALL_MIGA, 40),
+    "toy-wan-miga": (toy, "wan-miga", dict(SMALL_WAN, reflection=False), 30),
+    "toy-wan-miga-reflection": (toy, "wan-miga", dict(SMALL_WAN, reflection=True, reflect_threshold=-1.0), 20),
+    "toy-wan-miga-stream": (toy, "wan-miga-stream", dict(SMALL_WAN, reflection=False), 30),
     "wan-fifo": (wan, "tiny-fifo", dict(num_steps=8, window=4), 100),
-    "wan-miga-stream": (wan, "tiny-miga-stream", dict(num_steps=12, window=4, zigzag=2, guidance_frames=1, stride=2,
-                                                      end_level=2, refine_level=2, reflection=False), 16),
+    "wan-miga": (wan, "tiny-miga", TINY_MIGA, 16),
+    "wan-miga-stream": (wan, "tiny-miga-stream", TINY_MIGA, 16),
 }
 
 
-def timed_run(model, shape, cfg, n, mode) -> tuple[dict[StepKey, list[float]], set[str], Engine]:
-    """Per-kind wall times of every model call of one run; also the phases seen per kind."""
+def timed_run(model, shape, cfg, n, mode) -> tuple[dict[StepKey, list[float]], set[str], Engine, torch.Tensor]:
+    """Per-kind wall times of every model call of one run, the phases seen per kind, the output latents."""
     g = torch.Generator().manual_seed(1)
     cond, uncond = torch.randn(1, 3, 8, generator=g), torch.randn(1, 3, 8, generator=g) * 0.1
     engine = Engine(model, make_solver(cfg.solver, cfg.num_steps), cfg, shape, cond=cond, uncond=uncond,
@@ -82,9 +93,8 @@ def timed_run(model, shape, cfg, n, mode) -> tuple[dict[StepKey, list[float]], s
 
     engine._execute = timed
     with torch.no_grad():
-        for _ in engine.run(n):
-            pass
-    return times, phases, engine
+        out = torch.stack(list(engine.run(n)))
+    return times, phases, engine, out
 
 
 def steady(times: list[float], warmup: int) -> tuple[float, float, float, float]:
@@ -112,11 +122,13 @@ def main() -> None:
         factory, preset_name, overrides, n = CASES[name]
         model, shape = factory()
         cfg = preset(preset_name, **overrides)
-        eager, _, _ = timed_run(model, shape, cfg, n, "eager")
+        eager, _, _, ref = timed_run(model, shape, cfg, n, "eager")
         before = counters["stats"]["unique_graphs"]
         with torch._dynamo.config.patch(error_on_recompile=True):
-            compiled, phases, engine = timed_run(model, shape, cfg, n, "compile")
+            compiled, phases, engine, out = timed_run(model, shape, cfg, n, "compile")
         recompiles = counters["stats"]["unique_graphs"] - before - len(compiled)
+        # relative to the largest value: the same criterion as tests/runtime/test_compile.py (<= 1e-4)
+        rel_err = ((out - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item()
         compile_s = engine._static.runner.compile_seconds
         for key in sorted(compiled, key=str):
             e, c = steady(eager[key], args.warmup), steady(compiled[key], args.warmup)
@@ -125,12 +137,13 @@ def main() -> None:
                    "eager_median_ms": f"{e[0]:.3f}", "eager_p20_ms": f"{e[1]:.3f}", "eager_p80_ms": f"{e[2]:.3f}",
                    "compile_median_ms": f"{c[0]:.3f}", "compile_p20_ms": f"{c[1]:.3f}",
                    "compile_p80_ms": f"{c[2]:.3f}", "speedup": f"{e[0] / c[0]:.2f}", "recompiles": recompiles,
+                   "latents": n, "rel_err_vs_eager": f"{rel_err:.1e}", "triggers": engine.stats.reflection_triggers,
                    "cache": "warm" if args.warm_cache else "cold", "timestamp": stamp, **info}
             rows.append(row)
             print(f"{name:16s} {str(key):24s} {row['phases']:26s} calls {row['calls']:4d}  "
                   f"compile {compile_s[key]:6.1f} s  eager {e[0]:8.3f} ms [{e[1]:.3f}, {e[2]:.3f}]  "
                   f"compile {c[0]:8.3f} ms [{c[1]:.3f}, {c[2]:.3f}]"
-                  f"  x{e[0] / c[0]:.2f}  recompiles {recompiles}")
+                  f"  x{e[0] / c[0]:.2f}  recompiles {recompiles}  rel err {rel_err:.1e}")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "step.csv"
     with path.open("w", newline="") as f:

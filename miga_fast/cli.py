@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants",
                    help="comma-separated variant names (default: all but reflection with --study, else the 3 modes)")
     p.add_argument("--workers", type=int, default=1, help="render processes (sharing the CPU's threads)")
-    p.add_argument("--pack", type=int, default=40,
+    p.add_argument("--pack", type=int, default=4,
                    help="videos per engine run, packed along channels (reflection runs unpacked: its decisions "
                         "would be shared)")
     p.add_argument("--guidance", type=float, default=4.0)

@@ -143,19 +143,20 @@ def render_and_score(model_path: str, variant: Variant, videos: list[tuple[str, 
 
 
 def run_study(model_path: str | os.PathLike, variants: list[Variant], prompts: list[str], seeds: Iterable[int],
-              frames: int, *, guidance: float = 4.0, workers: int = 1, pack: int = 40, deadline: float | None = None,
+              frames: int, *, guidance: float = 4.0, workers: int = 1, pack: int = 4, deadline: float | None = None,
               progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Every (variant, prompt, seed): per variant, the videos in packs of up to `pack` (reflection: 1, its
-    decisions would be shared by a pack), packs on `workers` processes of 2 // workers torch threads.
+    """Every (variant, prompt, seed): the videos in packs of up to `pack` (reflection: 1, its decisions would
+    be shared by a pack), each pack through every variant, on `workers` processes sharing the CPU's threads.
 
     Past `deadline` (time.perf_counter) no new pack starts; `complete_groups` then keeps only the
     (prompt, seed) groups every variant rendered. Rows in task order.
     """
     videos = [(p, s) for s in seeds for p in prompts]
     tasks = []
-    for v in variants:
-        size = 1 if v.overrides.get("reflection") else pack
-        tasks += [(v, videos[i : i + size]) for i in range(0, len(videos), size)]
+    for i in range(0, len(videos), pack):  # pack-major: a deadline cuts whole packs of every variant
+        for v in variants:
+            chunk = videos[i : i + pack]
+            tasks += [(v, [one]) for one in chunk] if v.overrides.get("reflection") else [(v, chunk)]
     model_path = str(model_path)
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
 
@@ -196,7 +197,7 @@ def complete_groups(rows: list[dict]) -> list[dict]:
     return [r for r in rows if have[(r["prompt"], r["seed"])] == names]
 
 
-def measure_speed(model_path: str | os.PathLike, variants: list[Variant], frames: int = 64, pack: int = 40,
+def measure_speed(model_path: str | os.PathLike, variants: list[Variant], frames: int = 64, pack: int = 4,
                   prompt: str = PROMPTS[0], threads: int = 2) -> dict[str, float]:
     """Video frames per second of each variant rendered as one pack of `pack` videos (model loaded first)."""
     gen = _generator(str(model_path), threads)

@@ -135,6 +135,26 @@ def test_compile_miga_stream_tiny_wan(wan, no_recompiles):
     assert no_recompiles() == len(engine._static.keys_seen)
 
 
+REFLECT = dict(reflection=True, judged_level=8, reflect_blocks=2, candidates=2, reflect_threshold=-1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, overrides, n", [
+    ("vc2-fifo-nolookahead", dict(num_steps=16, window=8), 12),
+    ("vc2-miga", dict(SMALL_MIGA, num_steps=16, **REFLECT), 16),
+    ("wan-miga", dict(SMALL_WAN, reflection=True, reflect_threshold=-1.0), 12),
+    ("wan-miga-stream", SMALL_WAN, 12),
+])
+def test_compile_every_preset_toy(toy, no_recompiles, name, overrides, n):
+    """The presets the fast tests leave out (bench/bench_step.py runs all of them with timings)."""
+    cfg = preset(name, **overrides)
+    ref, eager = run(toy, cfg, n, "eager")
+    ours, engine = run(toy, cfg, n, "compile")
+    assert_close(ours, ref)
+    assert no_recompiles() == len(engine._static.keys_seen)
+    assert engine.stats.reflection_triggers == eager.stats.reflection_triggers
+
+
 def test_static_step_never_reads_tensors_on_the_host(uncompiled, toy, monkeypatch):
     cfg = preset("vc2-miga-stream", **dict(SMALL_MIGA, solver="flow_unipc"))
     cond, uncond = conds()
