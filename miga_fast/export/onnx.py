@@ -101,7 +101,9 @@ def export_onnx(model, shape: DenoiserShape, path: str | Path, *, dynamic_frames
         frames = torch.export.Dim("frames", min=lo, max=hi)
         dynamic = {"x": {2: frames}, "t": {1: frames}, "context": None}
     params = sum(p.numel() * p.element_size() for p in module.parameters())
-    with torch.no_grad():
+    from ..ops.backend import references_only
+
+    with torch.no_grad(), references_only():  # standard ops in the graph, not the fused custom kernels
         program = torch.onnx.export(module, shape.example(), None, input_names=list(INPUTS), output_names=[OUTPUT],
                                     dynamic_shapes=dynamic, opset_version=opset, dynamo=True)
     program.model.metadata_props["miga_fast.shape"] = json.dumps(dataclasses.asdict(shape))

@@ -18,6 +18,7 @@ time: changing ``$MIGA_FAST_BACKEND`` afterwards needs ``torch._dynamo.reset()``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ CXX_FLAGS = ["-O3", "-fopenmp"]
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 _ext = {"loaded": False, "origin": None}
 _cpp_fakes: dict[str, Callable] = {}
+_references_only = [False]  # set by `references_only()`
 
 
 def interpreting() -> bool:
@@ -88,7 +90,9 @@ def resolve(
 ) -> str:
     """The backend ``op`` runs on: ``backend``, else ``$MIGA_FAST_BACKEND``, else the first available of
     ``("triton", "ref")`` on CUDA and of ``cpu_order`` elsewhere (an op passes ``("ref",)`` where the reference
-    is the faster CPU path)."""
+    is the faster CPU path); always ``"ref"`` inside ``references_only()``."""
+    if _references_only[0]:
+        return "ref"
     source = "backend="
     if backend is None and os.environ.get(ENV_VAR):
         backend, source = os.environ[ENV_VAR], ENV_VAR
@@ -101,6 +105,18 @@ def resolve(
     if reason is not None:
         raise RuntimeError(f"{op}: backend {backend!r} (forced by {source}) cannot run: {reason}")
     return backend
+
+
+@contextlib.contextmanager
+def references_only() -> Iterator[None]:
+    """Every fused op runs its PyTorch reference inside the block, whatever ``backend=`` asks: for exporters
+    (ONNX / TensorRT), whose graphs must hold standard ops only."""
+    before = _references_only[0]
+    _references_only[0] = True
+    try:
+        yield
+    finally:
+        _references_only[0] = before
 
 
 def register_cpp_fake(op: str, fake: Callable) -> None:

@@ -42,6 +42,15 @@ def test_wan_export_with_constant_window_shape(wan, tmp_path):
     assert onnxruntime_parity(path, wan, shape) < 1e-4
 
 
+def test_export_holds_standard_ops_with_the_cpp_kernels_loaded(cpp_extension, wan, tmp_path):
+    """With miga_fast._C loaded, eager WanDiT runs the C++ adaLN kernels; the exported graph must not."""
+    shape = infer_shape(wan, batch=1, frames=3, height=4, width=4, text_len=3)
+    path = export_onnx(wan, shape, tmp_path / "wan_cpp.onnx")
+    domains = {node.domain for node in onnx.load(str(path)).graph.node}
+    assert not any("miga_fast" in d for d in domains), domains
+    assert onnxruntime_parity(path, wan, shape) < 1e-4  # ONNX (references) vs eager (C++ kernels)
+
+
 def test_wan_export_with_dynamic_frames(wan, tmp_path):
     shape = DenoiserShape(batch=2, channels=4, frames=4, height=4, width=4, text_len=3, text_dim=8)
     path = export_onnx(wan, shape, tmp_path / "wan_dyn.onnx", dynamic_frames=(2, 16))
