@@ -65,7 +65,8 @@ CASES = {
     "toy-miga-reflection": (toy, "vc2-miga", dict(SMALL_MIGA, num_steps=16, **REFLECT), 24),  # rollouts triggered
     "toy-miga-stream": (toy, "vc2-miga-stream", SMALL_MIGA, 40),
     "toy-wan-miga": (toy, "wan-miga", dict(SMALL_WAN, reflection=False), 30),
-    "toy-wan-miga-reflection": (toy, "wan-miga", dict(SMALL_WAN, reflection=True, reflect_threshold=-1.0), 20),
+    "toy-wan-miga-reflection": (toy, "wan-miga", dict(SMALL_WAN, reflection=True, judged_level=10,
+                                                      reflect_threshold=-1.0), 20),
     "toy-wan-miga-stream": (toy, "wan-miga-stream", dict(SMALL_WAN, reflection=False), 30),
     "wan-fifo": (wan, "tiny-fifo", dict(num_steps=8, window=4), 100),
     "wan-miga": (wan, "tiny-miga", TINY_MIGA, 16),

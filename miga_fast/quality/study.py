@@ -102,9 +102,9 @@ def render_pack(gen, variant: Variant, videos: list[tuple[str, int]], frames: in
                 seed: int = 0) -> torch.Tensor:
     """Output latents ``[V, N, C, H, W]`` of V videos ``(prompt, seed index)`` in ONE packed engine run.
 
-    The bundled model is launch-bound (a window is 512 tokens), so packing V videos along channels
-    (``runtime/batch.py``) makes each model call carry V videos. Each video's noise is keyed by its position
-    in the pack, so a (prompt, seed index) gets the same noise keys in every variant (paired comparisons).
+    Packing V videos along channels (``runtime/batch.py``) makes each model call carry V videos. A video's
+    noise is keyed by (``seed``, its position in the pack): callers give each pack its own seed, and the same
+    seed and position to a (prompt, seed index) in every variant (paired comparisons).
     """
     from ..runtime import Engine
     from ..runtime.batch import PackedDenoiser, pack_conditions, unpack_latent
@@ -127,12 +127,12 @@ def to_uint8(latents: torch.Tensor) -> np.ndarray:
 
 
 def render_and_score(model_path: str, variant: Variant, videos: list[tuple[str, int]], frames: int,
-                     guidance: float = 4.0, threads: int = 1) -> list[dict]:
-    """Render a pack of videos and score each: one row per video with its scores and `series` (per-frame
-    arrays); `seconds` is the pack's wall time divided by its size."""
+                     guidance: float = 4.0, threads: int = 1, seed: int = 0) -> list[dict]:
+    """Render a pack of videos (engine seed `seed`) and score each: one row per video with its scores and
+    `series` (per-frame arrays); `seconds` is the pack's wall time divided by its size."""
     gen = _generator(model_path, threads)
     start = time.perf_counter()
-    latents = render_pack(gen, variant, videos, frames, guidance)
+    latents = render_pack(gen, variant, videos, frames, guidance, seed)
     seconds = (time.perf_counter() - start) / len(videos)
     rows = []
     for (prompt, seed), lat in zip(videos, latents, strict=True):
@@ -156,7 +156,10 @@ def run_study(model_path: str | os.PathLike, variants: list[Variant], prompts: l
     for i in range(0, len(videos), pack):  # pack-major: a deadline cuts whole packs of every variant
         for v in variants:
             chunk = videos[i : i + pack]
-            tasks += [(v, [one]) for one in chunk] if v.overrides.get("reflection") else [(v, chunk)]
+            # engine seed = index of the pack's first video: (seed, position in pack) is unique per video and
+            # the same in every variant (paired comparisons)
+            tasks += ([(v, [one], i + k) for k, one in enumerate(chunk)] if v.overrides.get("reflection")
+                      else [(v, chunk, i)])
     model_path = str(model_path)
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
 
@@ -165,17 +168,17 @@ def run_study(model_path: str | os.PathLike, variants: list[Variant], prompts: l
 
     if workers <= 1:
         rows = []
-        for v, pack_videos in tasks:
+        for v, pack_videos, seed in tasks:
             if late():
                 break
-            rows += (new := render_and_score(model_path, v, pack_videos, frames, guidance, threads))
+            rows += (new := render_and_score(model_path, v, pack_videos, frames, guidance, threads, seed))
             if progress:
                 progress(new)
         return rows
     done: list[list[dict]] = [[] for _ in tasks]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(render_and_score, model_path, *tasks[i], frames, guidance, threads): i
-                   for i in range(len(tasks))}
+        futures = {pool.submit(render_and_score, model_path, v, pack_videos, frames, guidance, threads, seed): i
+                   for i, (v, pack_videos, seed) in enumerate(tasks)}
         for fut in as_completed(futures):
             if fut.cancelled():
                 continue

@@ -135,6 +135,9 @@ def test_study_parallel_matches_serial(weights):
     for a, b in zip(serial, parallel, strict=True):
         assert (a["variant"], a["seed"]) == (b["variant"], b["seed"])
         assert a["subject_consistency"] == pytest.approx(b["subject_consistency"], abs=1e-6)
+    one_per_pack = run_study(weights, workers=1, pack=1, **kw)  # rows: fifo 0, miga-stream 0, fifo 1, ...
+    assert one_per_pack[0]["seed"] == 0 and one_per_pack[2]["seed"] == 1
+    assert one_per_pack[0]["subject_consistency"] != one_per_pack[2]["subject_consistency"]  # own noise per pack
     d = paired_differences(serial, "miga-stream", "fifo", "temporal_flickering")
     assert d.shape == (2,)
 

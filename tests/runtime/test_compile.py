@@ -142,7 +142,7 @@ REFLECT = dict(reflection=True, judged_level=8, reflect_blocks=2, candidates=2, 
 @pytest.mark.parametrize("name, overrides, n", [
     ("vc2-fifo-nolookahead", dict(num_steps=16, window=8), 12),
     ("vc2-miga", dict(SMALL_MIGA, num_steps=16, **REFLECT), 16),
-    ("wan-miga", dict(SMALL_WAN, reflection=True, reflect_threshold=-1.0), 12),
+    ("wan-miga", dict(SMALL_WAN, reflection=True, judged_level=10, reflect_threshold=-1.0), 12),
     ("wan-miga-stream", SMALL_WAN, 12),
 ])
 def test_compile_every_preset_toy(toy, no_recompiles, name, overrides, n):
