@@ -99,8 +99,11 @@ def timed_run(model, shape, cfg, n, mode) -> tuple[dict[StepKey, list[float]], s
 
 
 def steady(times: list[float], warmup: int) -> tuple[float, float, float, float]:
-    """quantiles() of the calls after `warmup` (after the first call at least, for kinds with few calls)."""
-    rest = times[warmup:] if len(times) > warmup + 1 else times[1:] or times
+    """quantiles() of the calls after `warmup` (after the first call at least, for kinds with few calls);
+    NaN for a kind that ran once: its only call is the compiling one, there is no steady state."""
+    if len(times) < 2:
+        return (float("nan"),) * 4
+    rest = times[warmup:] if len(times) > warmup + 1 else times[1:]
     return quantiles(rest * 2 if len(rest) < 2 else rest)
 
 
