@@ -154,13 +154,13 @@ def test_render_size_reaches_render(render_spy, tmp_path, size, expected):
 @pytest.mark.parametrize("size", ["abc", "480", "480x", "x832", "0x64", "64x0", "-8x8", "480x832x2", "4.5x8",
                                   "480,832", "", "²x8"])
 def test_render_bad_size_form_is_one_line(capsys, monkeypatch, tmp_path, size):
-    def no_load(*a, **kw):
-        raise AssertionError("the model must not be loaded for a malformed --size")
-
-    monkeypatch.setattr(pipeline, "load", no_load)
-    monkeypatch.setattr(pipeline, "load_default", no_load)
-    _one_line_error(capsys, ["render", PROMPT, "-o", str(tmp_path / "o.mp4"), f"--size={size}"],
-                    "--size", "HxW", "multiples of the model's size multiple", repr(size))
+    loads = []
+    monkeypatch.setattr(pipeline, "load", lambda *a, **kw: loads.append(a))
+    monkeypatch.setattr(pipeline, "load_default", lambda *a, **kw: loads.append(a))
+    err = _one_line_error(capsys, ["render", PROMPT, "-o", str(tmp_path / "o.mp4"), f"--size={size}"],
+                          "--size", "HxW", "multiples of the model's size multiple")
+    assert err.rstrip().endswith(f"(got {size!r})")
+    assert loads == []  # rejected before the model is loaded
 
 
 def test_render_size_not_a_multiple_is_one_line(capsys, render_spy, tmp_path):
@@ -193,6 +193,7 @@ def test_render_tokenizer_rejected_for_a_bundled_model_file(capsys, render_spy, 
 
     _one_line_error(capsys, ["render", PROMPT, "-o", str(tmp_path / "o.mp4"), "--model", str(DEFAULT_WEIGHTS),
                              "--tokenizer", "clip-tok"], "tokenizer", "VideoCrafter2")
+    assert render_spy == []  # nothing rendered
 
 
 @pytest.mark.parametrize("negative", ["a blue square", ""])
