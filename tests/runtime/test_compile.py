@@ -23,20 +23,6 @@ TINY_WAN = WanConfig(patch_size=(1, 2, 2), num_attention_heads=2, attention_head
                      text_dim=8, freq_dim=16, ffn_dim=32, num_layers=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Millisecond-sized steps: on a busy 2-core box, OpenMP barriers across threads cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return ToyDenoiser(channels=4, cond_dim=8).eval()
-
-
 @pytest.fixture(scope="module")
 def wan():
     torch.manual_seed(0)

@@ -31,20 +31,6 @@ class FakeBackend:
         return (lambda: out.copy_(fn())), out, self.grown
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Millisecond-sized steps: on a busy 2-core box, OpenMP barriers across threads cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return ToyDenoiser(channels=4, cond_dim=8).eval()
-
-
 def engine(toy, name, mode, **overrides):
     cfg = preset(name, **overrides)
     g = torch.Generator().manual_seed(1)
