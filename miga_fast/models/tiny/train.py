@@ -6,6 +6,8 @@ Deterministic for a given seed, resumable (re-run the same command: it continues
 <workdir>/checkpoint.pt), shows a progress bar, logs the loss to <workdir>/loss.csv and plots it to
 <workdir>/loss.png, and exports the EMA weights to <workdir>/tiny_world.safetensors.
 Training uses the standard short-clip condition: every frame of a clip at the same noise level.
+Each step also trains on single frames (joint image-video training, as Wan and VideoCrafter do): eight
+unrelated frames cost less than one 8-frame clip and teach eight times as many shapes and textures.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class ClipPool:
             self.clips[i], self.prompts[i] = self._quantise(c[k]), p[k]
 
     def batch(self, n: int, window: int) -> tuple[torch.Tensor, list[str]]:
+        """n random windows of `window` frames: [n, 3, window, H, W] in [-1, 1], and their prompts."""
         idx = [self.rng.randrange(len(self.prompts)) for _ in range(n)]
         starts = [self.rng.randrange(self.frames - window + 1) for _ in range(n)]
         x = torch.stack([self.clips[i, :, s : s + window] for i, s in zip(idx, starts, strict=True)])
@@ -93,7 +96,10 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", default="runs/tiny")
     p.add_argument("--steps", type=int, default=100_000, help="stop after this many steps")
     p.add_argument("--minutes", type=float, default=50.0, help="stop after this much wall time (this session)")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=12, help="clips of f0 frames per step")
+    p.add_argument("--image-batch", type=int, default=32, help="single frames per step (joint image training)")
+    p.add_argument("--sigma-shift", type=float, default=1.0,
+                   help="shift of the training sigmas (1 = uniform; sampling keeps the model's own shift)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pool", type=int, default=2048, help="clips kept rendered")
     p.add_argument("--seed", type=int, default=0)
@@ -140,7 +146,8 @@ def main(argv=None) -> None:
     def save():
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
                     "init_step": init_step, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt)
-        ema.save(work / "tiny_world.safetensors", extra={"steps": step, "seed": args.seed, "batch": args.batch})
+        meta = {"steps": step, "seed": args.seed, "batch": args.batch, "image_batch": args.image_batch}
+        ema.save(work / "tiny_world.safetensors", extra=meta)
         log.flush()
         plot_loss(log_path, work / "loss.png")
 
@@ -149,15 +156,21 @@ def main(argv=None) -> None:
     model.train()
     try:
         while step < args.steps and time.time() - start < args.minutes * 60:
-            x0, prompts = pool.batch(args.batch, spec.window)
-            prompts = ["" if rng.random() < args.cfg_dropout else q for q in prompts]
-            sigma = shifted_sigma(torch.rand(args.batch), spec.shift)
-            eps = torch.randn_like(x0)
-            s = sigma.view(-1, 1, 1, 1, 1)
-            xt = (1 - s) * x0 + s * eps
-            t = (sigma * 1000).view(-1, 1).expand(-1, spec.window)  # one level per clip (training condition)
-            pred = model.dit(xt, t, model.text.encode(prompts))
-            loss = (pred - (eps - x0)).pow(2).mean()
+            loss = torch.zeros(())
+            for n, frames in ((args.batch, spec.window), (args.image_batch, 1)):
+                if n == 0:
+                    continue
+                x0, prompts = pool.batch(n, frames)
+                prompts = ["" if rng.random() < args.cfg_dropout else q for q in prompts]
+                sigma = shifted_sigma(torch.rand(n), args.sigma_shift)
+                eps = torch.randn_like(x0)
+                s = sigma.view(-1, 1, 1, 1, 1)
+                xt = (1 - s) * x0 + s * eps
+                t = (sigma * 1000).view(-1, 1).expand(-1, frames)  # one level per clip (training condition)
+                pred = model.dit(xt, t, model.text.encode(prompts))
+                # weighted by frames, so a step's loss is the MSE over every frame it saw
+                loss = loss + (pred - (eps - x0)).pow(2).mean() * (n * frames)
+            loss = loss / (args.batch * spec.window + args.image_batch)
             cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - init_step) / max(1, args.steps - init_step))))
             # warm-up restarts with a fresh optimizer (--init): Adam's moments start at zero again
             lr = args.lr * min(1.0, (step + 1 - init_step) / 200) * (0.1 + 0.9 * cosine)

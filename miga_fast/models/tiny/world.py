@@ -87,13 +87,15 @@ def render(scene: Scene, frames: int, size: int = 32, start: float = 0.0, phase:
     t = start + torch.arange(frames, dtype=torch.float32)[:, None, None]
     vx, vy = MOTIONS[scene.motion]
     # background: texture panning at a third of the object's speed
+    # Texture periods are 8-11 px at 32x32 (two or more 4x4 patches of the bundled DiT): finer ones (5-6 px)
+    # sit below what a 0.6 M-parameter patch-4 model can draw and were rendered by it as noise.
     bx, by = x - t * vx * speed / 3, y - t * vy * speed / 3
     if scene.pattern == "striped":
-        tex = (torch.sin(2 * math.pi * (bx + 0.5 * by) * 5) > 0).float()
+        tex = (torch.sin(2 * math.pi * (bx + 0.5 * by) * 3) > 0).float()
     elif scene.pattern == "checkered":
-        tex = ((torch.floor(bx * 6) + torch.floor(by * 6)) % 2).float()
+        tex = ((torch.floor(bx * 4) + torch.floor(by * 4)) % 2).float()
     elif scene.pattern == "dotted":
-        dx, dy = (bx * 5) % 1 - 0.5, (by * 5) % 1 - 0.5
+        dx, dy = (bx * 4) % 1 - 0.5, (by * 4) % 1 - 0.5
         tex = ((dx**2 + dy**2) < 0.09).float()
     else:
         tex = 0.25 * (bx % 1.0)
@@ -105,7 +107,7 @@ def render(scene: Scene, frames: int, size: int = 32, start: float = 0.0, phase:
     angle = t * 0.05
     rx = dx * torch.cos(angle) + dy * torch.sin(angle)
     ry = -dx * torch.sin(angle) + dy * torch.cos(angle)
-    r = 0.17
+    r = 0.2  # 13 px circle: three patches across
     if scene.shape == "circle":
         mask = (dx**2 + dy**2) < r**2
     elif scene.shape == "square":
