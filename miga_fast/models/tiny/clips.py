@@ -31,9 +31,13 @@ PROMPTS = (
 
 
 @torch.no_grad()
-def sample_plain_clips(model: TinyVideoModel, prompts: list[str], steps: int = 16, seed: int = 0) -> Tensor:
-    """One f0-frame clip per prompt, all frames at one level: ``[len(prompts), 3, f0, H, W]`` in [-1, 1]."""
+def sample_plain_clips(model: TinyVideoModel, prompts: list[str], steps: int = 16, seed: int = 0,
+                       guidance_scale: float | None = None) -> Tensor:
+    """One f0-frame clip per prompt, all frames at one level: ``[len(prompts), 3, f0, H, W]`` in [-1, 1].
+
+    guidance_scale: CFG scale (default: the model's own, as `miga-fast render` uses)."""
     bundle = tiny_bundle(model)
+    guidance = bundle.guidance_scale if guidance_scale is None else guidance_scale
     b, f = len(prompts), model.spec.window
     c, h, w = bundle.latent_shape()
     n = b * f  # latents are frames, clip-major, as the engine holds them
@@ -47,7 +51,7 @@ def sample_plain_clips(model: TinyVideoModel, prompts: list[str], steps: int = 1
         t = solver.model_timesteps(levels).view(b, f)
         clips = x.view(b, f, c, h, w).transpose(1, 2)
         pred_cond, pred_uncond = bundle.denoise(torch.cat([clips, clips]), torch.cat([t, t]), cond).chunk(2)
-        pred = pred_uncond + bundle.guidance_scale * (pred_cond - pred_uncond)  # CFG as the engine combines it
+        pred = pred_uncond + guidance * (pred_cond - pred_uncond)  # CFG as the engine combines it
         x = solver.step(x, pred.transpose(1, 2).reshape(n, c, h, w), levels, slots=slots, state=state)
     return x.view(b, f, c, h, w).transpose(1, 2).clamp(-1, 1)
 
@@ -65,6 +69,7 @@ def main(argv=None) -> None:
     p.add_argument("-o", "--output", default="clips.png")
     p.add_argument("--seeds", type=int, default=2, help="clips per prompt and weights file")
     p.add_argument("--steps", type=int, default=16, help="sampling steps (the tiny presets use 16)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's own)")
     p.add_argument("--prompt", action="append", help="prompt (repeatable; default: four covering every pattern)")
     args = p.parse_args(argv)
     prompts = args.prompt or list(PROMPTS)
@@ -77,7 +82,7 @@ def main(argv=None) -> None:
         truth = render(parse_prompt(prompt), window, size, start=rng.uniform(0, 1000), phase=phase)
         rows.append(truth.permute(1, 0, 2, 3)[None])
         for model in models:
-            rows += [sample_plain_clips(model, [prompt], args.steps, seed) for seed in range(args.seeds)]
+            rows += [sample_plain_clips(model, [prompt], args.steps, seed, args.guidance) for seed in range(args.seeds)]
     from PIL import Image
 
     Image.fromarray(clip_grid(torch.cat(rows))).save(args.output)
