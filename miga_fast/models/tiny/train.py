@@ -4,8 +4,9 @@
 
 Deterministic for a given seed, resumable (re-run the same command: it continues from
 <workdir>/checkpoint.pt, saved every 200 steps and on Ctrl-C; the clip pool is rendered anew on resume, so a
-resumed run is reproducible but not equal to an uninterrupted one), shows a progress bar, logs the loss to <workdir>/loss.csv and plots it to
-<workdir>/loss.png, and exports the EMA weights to <workdir>/tiny_world.safetensors.
+resumed run is reproducible but not equal to an uninterrupted one), shows a progress bar, logs the loss to
+<workdir>/loss.csv and plots it to <workdir>/loss.png, and exports the EMA weights to
+<workdir>/tiny_world.safetensors.
 Training uses the standard short-clip condition: every frame of a clip at the same noise level.
 Each step also trains on single frames (joint image-video training, as Wan and VideoCrafter do): eight
 unrelated frames cost less than one 8-frame clip and teach eight times as many shapes and textures.

@@ -87,7 +87,7 @@ def render(scene: Scene, frames: int, size: int = 32, start: float = 0.0, phase:
     t = start + torch.arange(frames, dtype=torch.float32)[:, None, None]
     vx, vy = MOTIONS[scene.motion]
     # background: texture panning at a third of the object's speed
-    # Texture periods are 8-11 px at 32x32 (two or more 4x4 patches of the bundled DiT): finer ones (5-6 px)
+    # Texture cells are 8-11 px at 32x32 (two or more 4x4 patches of the bundled DiT): finer ones (5-6 px)
     # sit below what a 0.6 M-parameter patch-4 model can draw and were rendered by it as noise.
     bx, by = x - t * vx * speed / 3, y - t * vy * speed / 3
     if scene.pattern == "striped":
