@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from miga_fast.models.tiny.world import COLOURS, parse_prompt, render
+from miga_fast.models.tiny.world import COLOURS, OBJECT_RADIUS, parse_prompt, render
 from miga_fast.quality.metrics import (
     HFImageFeatures,
     all_metrics,
@@ -61,9 +61,9 @@ def test_linear_fade_is_smooth_but_flickers_by_its_step():
 
 
 @pytest.mark.parametrize("prompt,area", [
-    (PROMPT, math.pi * 0.17**2),
-    ("a yellow square moving right on a checkered purple background", (2 * 0.85 * 0.17) ** 2),
-    ("a white triangle moving down on a dotted green background", 3 * math.sqrt(3) / 4 * 0.17**2),
+    (PROMPT, math.pi * OBJECT_RADIUS**2),
+    ("a yellow square moving right on a checkered purple background", (2 * 0.85 * OBJECT_RADIUS) ** 2),
+    ("a white triangle moving down on a dotted green background", 3 * math.sqrt(3) / 4 * OBJECT_RADIUS**2),
 ])
 @pytest.mark.parametrize("phase", [(0.3, 0.6), (0.98, 0.01)])  # the second wraps around a corner
 def test_segmentation_recovers_rendered_object(prompt, area, phase):

@@ -29,6 +29,7 @@ SHAPES = ("circle", "square", "triangle")
 MOTIONS = {"moving left": (-1.0, 0.0), "moving right": (1.0, 0.0), "moving up": (0.0, -1.0),
            "moving down": (0.0, 1.0), "drifting": (0.7, 0.45)}
 PATTERNS = ("striped", "checkered", "dotted", "plain")
+OBJECT_RADIUS = 0.2  # fraction of the frame: a 13 px circle at 32x32, three patches of the bundled DiT across
 VOCABULARY = sorted({"a", "on", "background", *COLOURS, *SHAPES, *PATTERNS,
                      *(w for m in MOTIONS for w in m.split())})
 
@@ -107,7 +108,7 @@ def render(scene: Scene, frames: int, size: int = 32, start: float = 0.0, phase:
     angle = t * 0.05
     rx = dx * torch.cos(angle) + dy * torch.sin(angle)
     ry = -dx * torch.sin(angle) + dy * torch.cos(angle)
-    r = 0.2  # 13 px circle: three patches across
+    r = OBJECT_RADIUS
     if scene.shape == "circle":
         mask = (dx**2 + dy**2) < r**2
     elif scene.shape == "square":
