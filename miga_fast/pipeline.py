@@ -130,14 +130,14 @@ class VideoGenerator:
         with torch.no_grad():
             for latent in engine.run(codec.latents_for(frames), on_event=switch_prompt):
                 for frame in decoder.push(latent):
-                    yield _to_uint8(frame)
+                    yield to_uint8(frame)
                     done += 1
                     if callback is not None:
                         callback(done)
                     if done == frames:
                         return
             for frame in decoder.flush()[: frames - done]:
-                yield _to_uint8(frame)
+                yield to_uint8(frame)
                 done += 1
                 if callback is not None:
                     callback(done)
@@ -172,7 +172,7 @@ class VideoGenerator:
         return RenderResult(path, count, time.perf_counter() - start, interrupted)
 
 
-def _to_uint8(frame: torch.Tensor) -> np.ndarray:
+def to_uint8(frame: torch.Tensor) -> np.ndarray:
     """Frame [3, H, W] in [-1, 1] (clamped) -> uint8 [H, W, 3]."""
     frame = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return frame.permute(1, 2, 0).cpu().numpy()

@@ -68,4 +68,6 @@ def test_plain_clips_depend_on_the_seed_only():
     a, b, c = (sample_plain_clips(model, [PROMPT], steps=2, seed=s) for s in (0, 0, 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
     image = clip_grid(a, scale=2)
-    assert image.shape == (TINY.frame_size * 2, TINY.window * TINY.frame_size * 2, 3) and image.dtype.name == "uint8"
+    # one row of f0 frames, 2-px separators, every pixel 2 x 2
+    assert image.shape == ((TINY.frame_size + 2) * 2, TINY.window * (TINY.frame_size + 2) * 2, 3)
+    assert image.dtype.name == "uint8"

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...pipeline import to_uint8
 from ...solvers import make_solver
+from ...video import contact_sheet
 from ..load import tiny_bundle
 from .bundle import TinyVideoModel
 from .world import parse_prompt, render
@@ -57,10 +59,9 @@ def sample_plain_clips(model: TinyVideoModel, prompts: list[str], steps: int = 1
 
 
 def clip_grid(clips: Tensor, scale: int = 4) -> np.ndarray:
-    """``[B, 3, F, H, W]`` in [-1, 1] -> uint8 image ``[B*H*scale, F*W*scale, 3]`` (a clip per row)."""
-    b, c, f, h, w = clips.shape
-    img = ((clips.permute(0, 3, 2, 4, 1).reshape(b * h, f * w, c) + 1) * 127.5).round().clamp(0, 255)
-    return img.to(torch.uint8).numpy().repeat(scale, 0).repeat(scale, 1)
+    """``[B, 3, F, H, W]`` in [-1, 1] -> uint8 contact sheet, a clip per row, each pixel ``scale`` x ``scale``."""
+    frames = [to_uint8(clip[:, k]) for clip in clips for k in range(clip.shape[1])]
+    return contact_sheet(frames, every=1, columns=clips.shape[2]).repeat(scale, 0).repeat(scale, 1)
 
 
 def main(argv=None) -> None:
