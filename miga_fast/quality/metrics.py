@@ -192,14 +192,16 @@ def segment_object(video: Tensor, object_colour: str, background_colour: str) ->
 
 
 def count_components(mask: Tensor, min_area: int = 4) -> Tensor:
-    """Connected components (8-neighbour, wrapping at the edges like the world) of at least `min_area`
-    pixels per frame of mask [F, H, W]: int64 [F]. Label propagation, so no scipy needed."""
+    """Connected components (8-neighbour) of at least `min_area` pixels per frame of mask [F, H, W]: int64 [F].
+
+    Label propagation, so no scipy needed. Pieces at opposite edges are two components: the world never
+    cuts its object in two (it leaves through one edge and comes back whole)."""
     Fn, H, W = mask.shape
     ids = torch.arange(1, H * W + 1, dtype=torch.float32).view(1, 1, H, W).expand(Fn, 1, H, W)
     m = mask[:, None].float()
     labels = ids * m
     for _ in range(H * W):
-        grown = F.max_pool2d(F.pad(labels, (1, 1, 1, 1), mode="circular"), 3, stride=1) * m
+        grown = F.max_pool2d(F.pad(labels, (1, 1, 1, 1)), 3, stride=1) * m
         if torch.equal(grown, labels):
             break
         labels = grown
@@ -211,9 +213,10 @@ def count_components(mask: Tensor, min_area: int = 4) -> Tensor:
 
 
 def world_reference(prompt: str, size: int, frames: int = 16) -> dict:
-    """Object area fraction of the noise-free world render of `prompt` (same segmentation)."""
+    """Area fraction of the whole object in noise-free world frames of `prompt` (same segmentation)."""
     scene = parse_prompt(prompt)
-    clean = (render(scene, frames, size) + 1) / 2
+    # slow, from the centre: whole in every frame; a mean over poses, as edge pixels count by coverage
+    clean = (render(scene, frames, size, phase=(0.5, 0.5), speed=0.002) + 1) / 2
     mask = segment_object(clean, scene.colour, scene.background)
     return {"area": float(mask.float().mean()), "colour": COLOURS[scene.colour]}
 
@@ -222,7 +225,8 @@ def world_metrics(frames, prompt: str, min_area: int = 4) -> dict[str, tuple[flo
     """Object colour / size / count stability against the world's ground truth for `prompt`.
 
     colour_error: |median object RGB - palette colour| in [0, 1] RGB units (sqrt(3) when the object is
-    missing, the largest possible error); area_error: |area / rendered area - 1|; count_ok: 1 when
+    missing, the largest possible error); area_error: |area / whole object's area - 1| (nonzero in the world
+    itself while the object crosses an edge, the same for every variant); count_ok: 1 when
     exactly one object component is present. Summaries are means over frames (lower error better);
     area_cv is the std/mean of the area over time (0 = perfectly stable size).
     """

@@ -4,8 +4,9 @@ A prompt follows a small grammar:
     "a <colour> <shape> <motion> on a <pattern> <colour> background"
 e.g. "a red circle moving left on a striped blue background". Shapes keep identity, colour and
 size forever, square and triangle rotate slowly, the background texture pans slowly with the
-motion, and objects wrap around the frame edges, so a video can run for any number of frames:
-keeping all of that consistent over hundreds of frames is exactly what long-video methods fight.
+motion; a drifting object bounces off the frame edges, a moving one leaves through one edge and comes
+back through the opposite one, so a video can run for any number of frames and the object is never cut
+in two: keeping all of that consistent over hundreds of frames is exactly what long-video methods fight.
 Frames are rendered analytically (signed distances, 2x supersampling) in [-1, 1], [3, H, W].
 """
 
@@ -80,7 +81,8 @@ def render(scene: Scene, frames: int, size: int = 32, start: float = 0.0, phase:
            speed: float = 0.02) -> Tensor:
     """Render frames [start, start+frames) of `scene`: [frames, 3, size, size] in [-1, 1].
 
-    `phase` is the object's position (fractions of the frame) at time 0; `speed` in frames^-1.
+    `phase`: where the object is at time 0, as fractions of the range in which it is whole (see _track);
+    `speed` in frame widths per frame.
     """
     ss = 2 * size  # supersampled grid, averaged down at the end
     coords = (torch.arange(ss, dtype=torch.float32) + 0.5) / ss
@@ -102,13 +104,16 @@ def render(scene: Scene, frames: int, size: int = 32, start: float = 0.0, phase:
         tex = 0.25 * (bx % 1.0)
     bg = torch.tensor(COLOURS[scene.background])[:, None, None, None]
     img = bg * (0.55 + 0.45 * tex)[None]  # [3, F, ss, ss]
-    # object: wraps around the frame (torus), rotates if it has corners
-    cx, cy = (phase[0] + t * vx * speed) % 1.0, (phase[1] + t * vy * speed) % 1.0
-    dx, dy = (x - cx + 0.5) % 1.0 - 0.5, (y - cy + 0.5) % 1.0 - 0.5
+    # object: rotates if it has corners; positions never wrap the object around an edge (see _track)
+    r = OBJECT_RADIUS
+    extent = r * (0.85 * math.sqrt(2) if scene.shape == "square" else 1.0)  # farthest point from the centre
+    bounce = scene.motion == "drifting"
+    cx = _track(phase[0], vx * speed, t, extent, bounce)
+    cy = _track(phase[1], vy * speed, t, extent, bounce)
+    dx, dy = x - cx, y - cy
     angle = t * 0.05
     rx = dx * torch.cos(angle) + dy * torch.sin(angle)
     ry = -dx * torch.sin(angle) + dy * torch.cos(angle)
-    r = OBJECT_RADIUS
     if scene.shape == "circle":
         mask = (dx**2 + dy**2) < r**2
     elif scene.shape == "square":
@@ -120,6 +125,25 @@ def render(scene: Scene, frames: int, size: int = 32, start: float = 0.0, phase:
     img = torch.where(mask[None], obj.expand_as(img), img)
     img = torch.nn.functional.avg_pool2d(img.permute(1, 0, 2, 3), 2)  # [F, 3, size, size]
     return img * 2 - 1
+
+
+def _track(phase: float, velocity: float, t: Tensor, extent: float, bounce: bool) -> Tensor:
+    """Object centre along one axis (frame fractions) at times t, for an object reaching `extent` from it.
+
+    At t = 0 the object is whole, at `phase` of the range [extent, 1 - extent]. Still axis: stays there.
+    Bouncing: reflects off the edges of that range. Moving: travels a loop of length 1 + 2 extent, leaving
+    through one edge and entering through the opposite one. Wrapping at the frame itself would show most
+    frames' object in two pieces at opposite edges (64 % of frames at this object size): the model then
+    learned fragments, not shapes.
+    """
+    inner = 1 - 2 * extent
+    if velocity == 0:
+        return torch.full_like(t, extent + phase * inner)
+    if bounce:
+        u = (phase + t * velocity / inner) % 2.0  # unfolded position, in ranges; 1..2 is the way back
+        return extent + inner * torch.where(u < 1, u, 2 - u)
+    loop = 1 + 2 * extent
+    return (2 * extent + phase * inner + t * velocity) % loop - extent
 
 
 def sample_clips(batch: int, frames: int, size: int, rng: random.Random) -> tuple[Tensor, list[str]]:
