@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import sys
 
 from .errors import ConfigError
@@ -126,7 +127,7 @@ def cmd_sheet(args) -> int:
 
     frames = read_frames(args.video)
     Image.fromarray(contact_sheet(frames, args.every, args.columns)).save(args.output)
-    print(f"{args.output}: every {args.every}th of {len(frames)} frames")
+    print(f"{args.output}: {math.ceil(len(frames) / args.every)} frames, one in {args.every} of {len(frames)}")
     return 0
 
 
