@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from miga_fast.models.tiny.world import MOTIONS, OBJECT_RADIUS, parse_prompt, render
+from miga_fast.models.tiny.world import MOTIONS, OBJECT_RADIUS, SQUARE_HALF_SIDE, parse_prompt, render
 from miga_fast.quality.metrics import count_components, segment_object
 
 
@@ -26,7 +26,7 @@ def test_object_is_never_in_two_pieces_and_keeps_its_size(motion, shape):
     masks = object_masks(f"a red {shape} {motion} on a plain blue background", 150)
     assert count_components(masks, min_area=1).max() == 1  # never two pieces at opposite edges
     area = masks.float().mean((1, 2))
-    whole = math.pi * OBJECT_RADIUS**2 if shape == "circle" else (2 * 0.85 * OBJECT_RADIUS) ** 2
+    whole = math.pi * OBJECT_RADIUS**2 if shape == "circle" else (2 * SQUARE_HALF_SIDE) ** 2
     assert float(area[0]) == pytest.approx(whole, rel=0.12)  # whole at t = 0
     assert float(area.max()) == pytest.approx(whole, rel=0.12)  # never larger
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from miga_fast.models.tiny.world import COLOURS, OBJECT_RADIUS, parse_prompt, render
+from miga_fast.models.tiny.world import COLOURS, OBJECT_RADIUS, SQUARE_HALF_SIDE, parse_prompt, render
 from miga_fast.quality.metrics import (
     HFImageFeatures,
     all_metrics,
@@ -62,7 +62,7 @@ def test_linear_fade_is_smooth_but_flickers_by_its_step():
 
 @pytest.mark.parametrize("prompt,area", [
     (PROMPT, math.pi * OBJECT_RADIUS**2),
-    ("a yellow square moving right on a checkered purple background", (2 * 0.85 * OBJECT_RADIUS) ** 2),
+    ("a yellow square moving right on a checkered purple background", (2 * SQUARE_HALF_SIDE) ** 2),
     ("a white triangle moving down on a dotted green background", 3 * math.sqrt(3) / 4 * OBJECT_RADIUS**2),
 ])
 @pytest.mark.parametrize("phase", [(0.3, 0.6), (0.02, 0.98)])  # the second is whole, touching two edges

@@ -31,6 +31,7 @@ MOTIONS = {"moving left": (-1.0, 0.0), "moving right": (1.0, 0.0), "moving up": 
            "moving down": (0.0, 1.0), "drifting": (0.7, 0.45)}
 PATTERNS = ("striped", "checkered", "dotted", "plain")
 OBJECT_RADIUS = 0.2  # fraction of the frame: a 13 px circle at 32x32, three patches of the bundled DiT across
+SQUARE_HALF_SIDE = 0.85 * OBJECT_RADIUS  # about the circle's area; the triangle's vertices sit on the circle
 VOCABULARY = sorted({"a", "on", "background", *COLOURS, *SHAPES, *PATTERNS,
                      *(w for m in MOTIONS for w in m.split())})
 
@@ -106,7 +107,7 @@ def render(scene: Scene, frames: int, size: int = 32, start: float = 0.0, phase:
     img = bg * (0.55 + 0.45 * tex)[None]  # [3, F, ss, ss]
     # object: rotates if it has corners; positions never wrap the object around an edge (see _track)
     r = OBJECT_RADIUS
-    extent = r * (0.85 * math.sqrt(2) if scene.shape == "square" else 1.0)  # farthest point from the centre
+    extent = SQUARE_HALF_SIDE * math.sqrt(2) if scene.shape == "square" else r  # farthest point from the centre
     bounce = scene.motion == "drifting"
     cx = _track(phase[0], vx * speed, t, extent, bounce)
     cy = _track(phase[1], vy * speed, t, extent, bounce)
@@ -117,7 +118,7 @@ def render(scene: Scene, frames: int, size: int = 32, start: float = 0.0, phase:
     if scene.shape == "circle":
         mask = (dx**2 + dy**2) < r**2
     elif scene.shape == "square":
-        mask = torch.maximum(rx.abs(), ry.abs()) < r * 0.85
+        mask = torch.maximum(rx.abs(), ry.abs()) < SQUARE_HALF_SIDE
     else:  # equilateral triangle, pointing up in its own frame
         k = math.sqrt(3.0)
         mask = (ry < r * 0.5) & (k * rx - ry < r) & (-k * rx - ry < r)
