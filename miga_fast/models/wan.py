@@ -46,7 +46,8 @@ class WanConfig:
 
     Defaults are diffusers' (Wan2.1-T2V-14B); Wan2.1-T2V-1.3B has ``num_attention_heads=12, ffn_dim=8960,
     num_layers=30``. ``rope_max_seq_len`` is kept for compatibility only: RoPE angles are computed from
-    the positions, so positions are not bounded by it.
+    the positions, so positions are not bounded by it. ``rope_theta`` is ours (Wan fixes it at 1e4): a small
+    model with few channels per RoPE axis needs a smaller base, or its slowest frequencies never turn.
     """
 
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -64,6 +65,7 @@ class WanConfig:
     image_dim: int | None = None
     added_kv_proj_dim: int | None = None
     rope_max_seq_len: int = 1024
+    rope_theta: float = 10000.0
     pos_embed_seq_len: int | None = None
 
     def __post_init__(self):
@@ -416,7 +418,7 @@ class WanDiT(nn.Module):
 
         # [B, D, F, H', W'] -> [B, F, P, D]: tokens grouped by frame so per-frame vectors broadcast over P
         tokens = self.patch_embedding(x.to(dtype)).flatten(3).permute(0, 2, 3, 1).contiguous()
-        rope = rope_cos_sin(frame_positions.to(x.device), hp, wp, cfg.attention_head_dim)
+        rope = rope_cos_sin(frame_positions.to(x.device), hp, wp, cfg.attention_head_dim, cfg.rope_theta)
         temb, mod = self.condition_embedder.time(t)
         context = self.condition_embedder.text(context)
         ops = "ref" if torch.is_grad_enabled() else self.ops_backend  # the kernels have no backward

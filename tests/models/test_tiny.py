@@ -1,6 +1,7 @@
 """The bundled model's tooling: the training script (deterministic, resumable) and the plain-clip sampler."""
 
 import csv
+import dataclasses
 
 import pytest
 import torch
@@ -71,3 +72,12 @@ def test_plain_clips_depend_on_the_seed_only():
     # one row of f0 frames, 2-px separators, every pixel 2 x 2
     assert image.shape == ((TINY.frame_size + 2) * 2, TINY.window * (TINY.frame_size + 2) * 2, 3)
     assert image.dtype.name == "uint8"
+
+
+def test_rope_theta_travels_with_the_weights(tmp_path):
+    small_base = dataclasses.replace(TINY, dit={**TINY.dit, "rope_theta": 20.0})
+    TinyVideoModel(small_base).save(tmp_path / "small_base.safetensors")
+    assert TinyVideoModel.load(tmp_path / "small_base.safetensors").dit.config.rope_theta == 20.0
+    # TINY's spec names no rope_theta, like files written before the field existed: those trained at Wan's 1e4
+    TinyVideoModel(TINY).save(tmp_path / "legacy.safetensors")
+    assert TinyVideoModel.load(tmp_path / "legacy.safetensors").dit.config.rope_theta == 10000.0

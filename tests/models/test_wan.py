@@ -177,6 +177,23 @@ def test_frame_positions_act_only_through_rope(saved, monkeypatch):
     assert torch.equal(ours(x, t, context, frame_positions=torch.tensor([0, 2, 9])), default)
 
 
+@torch.no_grad()
+def test_rope_theta_sets_the_rope_base(saved, monkeypatch):
+    cfg, _, single, _ = saved
+    x, context = _inputs(cfg)
+    t = torch.tensor([[999.0, 640.25, 3.0], [500.0, 500.0, 17.5]])
+    ours = WanDiT.from_pretrained(single)
+    assert ours.config.rope_theta == 10000.0  # Wan's base when config.json does not name one
+    small = WanDiT(WanConfig.from_dict({**cfg, "rope_theta": 20.0}))
+    small.load_state_dict(ours.state_dict())
+    out = small.eval()(x, t, context)
+    assert (out - ours(x, t, context)).abs().max() > 1e-3
+    # the base reaches the model through the RoPE tables and nowhere else
+    rope = wan.rope_cos_sin
+    monkeypatch.setattr(wan, "rope_cos_sin", lambda p, h, w, d, theta: rope(p, h, w, d, 20.0))
+    assert torch.equal(ours(x, t, context), out)
+
+
 def test_rope_tables_match_diffusers(saved):
     cfg = saved[0]
     head_dim, patch = cfg["attention_head_dim"], cfg["patch_size"]
