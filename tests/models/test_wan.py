@@ -27,6 +27,8 @@ CONFIGS = {
     ),
 }  # fmt: skip
 B, F, H, W, L = 2, 3, 8, 12, 7
+# per-frame timesteps [B, F]: mixed levels, a fractional one and both ends of the range
+MIXED_T = torch.tensor([[999.0, 640.25, 3.0], [500.0, 500.0, 17.5]])
 FP32_TOL = 1e-5
 
 
@@ -74,7 +76,7 @@ def test_uniform_timesteps_match_diffusers(saved):
 def test_per_frame_timesteps_match_diffusers_per_token(saved):
     cfg, ref, single, _ = saved
     x, context = _inputs(cfg)
-    t = torch.tensor([[999.0, 640.25, 3.0], [500.0, 500.0, 17.5]])
+    t = MIXED_T
     # diffusers' Wan2.2-TI2V path takes one timestep per token: repeat each frame's over its tokens
     expected = ref(x, t.repeat_interleave(_tokens_per_frame(cfg), dim=1), context).sample
     out = WanDiT.from_pretrained(single)(x, t, context)
@@ -90,7 +92,7 @@ def test_per_frame_timesteps_match_diffusers_per_token(saved):
 def test_bf16(saved):
     cfg, _, single, _ = saved
     x, context = _inputs(cfg)
-    t = torch.tensor([[999.0, 640.25, 3.0], [500.0, 500.0, 17.5]])
+    t = MIXED_T
     fp32 = WanDiT.from_pretrained(single)(x, t, context)
     ours = WanDiT.from_pretrained(single, dtype=torch.bfloat16)
     kept = {n for n, p in ours.named_parameters() if p.dtype == torch.float32}
@@ -144,7 +146,7 @@ def test_modulation_is_per_frame_not_per_token(saved):
     x, context = _inputs(cfg)
     dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     tokens = F * _tokens_per_frame(cfg)
-    t = torch.tensor([[999.0, 640.25, 3.0], [500.0, 500.0, 17.5]])
+    t = MIXED_T
     ours = WanDiT.from_pretrained(single)
 
     shape = _largest_timestep_tensor(lambda t, x: ours(x, t, context), t, x)
@@ -162,7 +164,7 @@ def test_modulation_is_per_frame_not_per_token(saved):
 def test_frame_positions_act_only_through_rope(saved, monkeypatch):
     cfg, _, single, _ = saved
     x, context = _inputs(cfg)
-    t = torch.tensor([[999.0, 640.25, 3.0], [500.0, 500.0, 17.5]])
+    t = MIXED_T
     ours = WanDiT.from_pretrained(single)
     default = ours(x, t, context)
     assert torch.equal(ours(x, t, context, frame_positions=torch.arange(F)), default)
@@ -181,7 +183,7 @@ def test_frame_positions_act_only_through_rope(saved, monkeypatch):
 def test_rope_theta_sets_the_rope_base(saved, monkeypatch):
     cfg, _, single, _ = saved
     x, context = _inputs(cfg)
-    t = torch.tensor([[999.0, 640.25, 3.0], [500.0, 500.0, 17.5]])
+    t = MIXED_T
     ours = WanDiT.from_pretrained(single)
     assert ours.config.rope_theta == 10000.0  # Wan's base when config.json does not name one
     small = WanDiT(WanConfig.from_dict({**cfg, "rope_theta": 20.0}))
