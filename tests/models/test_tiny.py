@@ -81,3 +81,39 @@ def test_rope_theta_travels_with_the_weights(tmp_path):
     # TINY's spec names no rope_theta, like files written before the field existed: those trained at Wan's 1e4
     TinyVideoModel(TINY).save(tmp_path / "legacy.safetensors")
     assert TinyVideoModel.load(tmp_path / "legacy.safetensors").dit.config.rope_theta == 10000.0
+
+
+def test_deepen_keeps_the_function_and_adds_identity_blocks():
+    torch.manual_seed(0)
+    model = TinyVideoModel(dataclasses.replace(TINY, dit={**TINY.dit, "num_layers": 2})).eval()
+    for p in model.parameters():  # trained-like weights: nothing zero by chance, gates open
+        p.data.normal_(0, 0.2)
+    old = [b.state_dict() for b in model.dit.blocks]
+    x = torch.randn(2, 3, TINY.window, TINY.frame_size, TINY.frame_size)
+    t, cond = torch.rand(2, TINY.window) * 1000, model.text.encode([PROMPT, ""])
+    with torch.no_grad():
+        before = model.dit(x, t, cond)
+        train.deepen(model.dit, 5)
+        after = model.dit(x, t, cond)
+    assert len(model.dit.blocks) == model.dit.config.num_layers == 5
+    assert (after - before).abs().max() < 1e-5
+    # blocks 0..4 copy old blocks 0, 0, 0, 1, 1; the repeats (1, 2, 4) start with zero output projections
+    for j, src in enumerate([0, 0, 0, 1, 1]):
+        state = model.dit.blocks[j].state_dict()
+        repeat = j in (1, 2, 4)
+        for name, value in state.items():
+            is_out = name.startswith(("attn1.to_out", "attn2.to_out", "ffn.net.2"))
+            assert torch.equal(value, torch.zeros_like(value) if repeat and is_out else old[src][name]), (j, name)
+    with pytest.raises(ValueError, match="layers must be >= the model's 5 blocks"):
+        train.deepen(model.dit, 4)
+
+
+def test_training_from_a_shallower_file_deepens_it(tmp_path, capsys):
+    spec = TinySpec()
+    shallow = TinyVideoModel(dataclasses.replace(spec, dit={**spec.dit, "num_layers": 1}))
+    shallow.save(tmp_path / "shallow.safetensors", extra={"steps": 7})
+    train.main(["--workdir", str(tmp_path / "run"), "--init", str(tmp_path / "shallow.safetensors"), "--steps", "8",
+                "--pool", "32", "--batch", "1", "--image-batch", "1"])
+    assert f"deepened {tmp_path / 'shallow.safetensors'} to {spec.dit['num_layers']} blocks" in capsys.readouterr().out
+    trained = TinyVideoModel.load(tmp_path / "run" / "tiny_world.safetensors")
+    assert len(trained.dit.blocks) == spec.dit["num_layers"] and trained.metadata["steps"] == "8"

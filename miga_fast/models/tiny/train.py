@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import math
 import random
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..wan import WanDiT
 from .bundle import TinySpec, TinyVideoModel
 from .world import sample_clips
 
@@ -57,6 +59,30 @@ class ClipPool:
         starts = [self.rng.randrange(self.frames - window + 1) for _ in range(n)]
         x = torch.stack([self.clips[i, :, s : s + window] for i, s in zip(idx, starts, strict=True)])
         return x.float() / 127.5 - 1, [self.prompts[i] for i in idx]
+
+
+def deepen(dit: WanDiT, layers: int) -> None:
+    """Grow `dit` to `layers` blocks in place without changing its output (function-preserving).
+
+    Block j of the new stack copies old block ``j * old // layers``; where two neighbours copy the same block,
+    the second one gets zero output projections (self-attention, cross-attention, FFN), so it starts as the
+    identity: its residual branches add nothing until training moves them, while its inner weights start from
+    trained ones rather than noise.
+    """
+    old = len(dit.blocks)
+    if layers < old:
+        raise ValueError(f"layers must be >= the model's {old} blocks to deepen it (got {layers})")
+    sources = [j * old // layers for j in range(layers)]
+    blocks = []
+    for j, src in enumerate(sources):
+        block = copy.deepcopy(dit.blocks[src])
+        if j > 0 and sources[j - 1] == src:
+            for out in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[2]):
+                torch.nn.init.zeros_(out.weight)
+                torch.nn.init.zeros_(out.bias)
+        blocks.append(block)
+    dit.blocks = torch.nn.ModuleList(blocks)
+    dit.config = dataclasses.replace(dit.config, num_layers=layers)
 
 
 def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -108,7 +134,8 @@ def main(argv=None) -> None:
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="fraction of prompts replaced by ''")
     p.add_argument("--init", type=Path, default=None,
                    help="start from these bundled-model weights (e.g. the shipped file) with a fresh optimizer; "
-                        "the step count continues from the file's 'steps' metadata")
+                        "the step count continues from the file's 'steps' metadata; a file with fewer blocks "
+                        "than the spec is deepened first (see deepen)")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -123,6 +150,9 @@ def main(argv=None) -> None:
     ckpt = work / "checkpoint.pt"
     if args.init is not None and not ckpt.exists():
         start_model = TinyVideoModel.load(args.init)
+        if len(start_model.dit.blocks) < len(model.dit.blocks):
+            deepen(start_model.dit, len(model.dit.blocks))
+            print(f"deepened {args.init} to {len(model.dit.blocks)} blocks (new ones start as the identity)")
         model.load_state_dict(start_model.state_dict())
         ema.load_state_dict(start_model.state_dict())
         step = init_step = int(start_model.metadata.get("steps", 0))
