@@ -360,8 +360,7 @@ def main() -> None:
     import time
 
     import miga_fast
-    from miga_fast.runtime import Engine
-    from miga_fast.solvers import make_solver
+    from miga_fast.runtime.factory import make_engine
 
     parser = argparse.ArgumentParser(description="Run the Engine and the baseline loop on the bundled model and "
                                                  "compare their outputs.")
@@ -374,9 +373,7 @@ def main() -> None:
     gen = miga_fast.load_default()
     cfg = gen.config(args.mode)
     cond, uncond = gen.encode("a red circle moving left on a striped blue background"), gen.encode("")
-    solver = make_solver(cfg.solver, cfg.num_steps, shift=gen.model.spec.shift)
-    engine = Engine(gen.model.denoise, solver, cfg, (3, gen.frame_size, gen.frame_size), cond=cond, uncond=uncond,
-                    guidance_scale=args.guidance, seed=args.seed)
+    engine = make_engine(gen.bundle, cfg, cond=cond, uncond=uncond, guidance_scale=args.guidance, seed=args.seed)
     with torch.no_grad():
         base = engine.sample_base()
         t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Each case runs one plan twice in the same process, in engine mode "eager" (the reference per-call path)
 and "compile" (`torch.compile` of the static step, one per step kind), timing every model call (host
-input preparation + denoiser + solver + ring write: the whole `Engine._execute`). Per step kind: the
+input preparation + denoiser + solver + ring write: the whole `StaticStepper.execute`). Per step kind: the
 first compile-mode call (= compile time, cold caches unless --warm-cache), then medians and 20/80th
 percentiles of both modes over the calls after `--warmup` per kind. Recompiles = graphs compiled minus
 step kinds, with dynamo's error_on_recompile on. Small shapes only by default; writes bench/results/step.csv.
@@ -36,7 +36,7 @@ from miga_fast.models.wan import WanConfig, WanDiT  # noqa: E402
 from miga_fast.plan import preset  # noqa: E402
 from miga_fast.runtime import Engine  # noqa: E402
 from miga_fast.runtime.step import StepKey  # noqa: E402
-from miga_fast.solvers import make_solver  # noqa: E402
+from miga_fast.solvers import solver_for  # noqa: E402
 
 SMALL_MIGA = dict(num_steps=24, window=8, zigzag=2, guidance_frames=2, stride=4, end_level=3, refine_level=3)
 TINY_WAN = WanConfig(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
@@ -78,21 +78,21 @@ def timed_run(model, shape, cfg, n, mode) -> tuple[dict[StepKey, list[float]], s
     """Per-kind wall times of every model call of one run, the phases seen per kind, the output latents."""
     g = torch.Generator().manual_seed(1)
     cond, uncond = torch.randn(1, 3, 8, generator=g), torch.randn(1, 3, 8, generator=g) * 0.1
-    engine = Engine(model, make_solver(cfg.solver, cfg.num_steps), cfg, shape, cond=cond, uncond=uncond,
-                    guidance_scale=3.0, seed=3, mode=mode)
+    engine = Engine(model, solver_for(cfg), cfg, shape, cond=cond, uncond=uncond, guidance_scale=3.0, seed=3,
+                    mode=mode)
     times: dict[StepKey, list[float]] = defaultdict(list)
     phases: dict[StepKey, set[str]] = defaultdict(set)
-    execute = engine._execute
+    execute = engine.stepper.execute
 
-    def timed(calls):
-        key = StepKey(len(calls), len(calls[0].serials), engine.guidance_scale != 1.0,
-                      any(c.renoised for c in calls), engine._stochastic, engine._held is not None)
+    def timed(calls, *args):
         start = time.perf_counter()
-        execute(calls)
+        out = execute(calls, *args)
+        key = engine.stepper.last_key
         times[key].append(time.perf_counter() - start)
         phases[key].add(calls[0].phase)
+        return out
 
-    engine._execute = timed
+    engine.stepper.execute = timed
     with torch.no_grad():
         out = torch.stack(list(engine.run(n)))
     return times, phases, engine, out
@@ -133,7 +133,7 @@ def main() -> None:
         recompiles = counters["stats"]["unique_graphs"] - before - len(compiled)
         # relative to the largest value: the same criterion as tests/runtime/test_compile.py (<= 1e-4)
         rel_err = ((out - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item()
-        compile_s = engine._static.runner.compile_seconds
+        compile_s = engine.runner.compile_seconds
         for key in sorted(compiled, key=str):
             e, c = steady(eager[key], args.warmup), steady(compiled[key], args.warmup)
             row = {"case": name, "kind": str(key), "phases": "+".join(sorted(phases[key])),

@@ -72,8 +72,7 @@ def replay(fn, rec: Recorder, sync) -> float:
 
 
 def measure(mode: str, provider: str, args) -> dict:
-    from miga_fast.runtime import Engine
-    from miga_fast.solvers import make_solver
+    from miga_fast.runtime.factory import make_engine
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     gen, weights = load_generator(args.resolution, dtype, args.device, False)
@@ -85,9 +84,9 @@ def measure(mode: str, provider: str, args) -> dict:
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def engine(fn, mode_):
-        return Engine(fn, make_solver(cfg.solver, cfg.num_steps, shift=gen.model.spec.shift), cfg, shape, cond=cond,
-                      uncond=uncond, guidance_scale=args.guidance, seed=0, device=device, dtype=dtype,
-                      window_batch=args.window_batch, mode=mode_)
+        return make_engine(gen.bundle, cfg, denoise=fn, latent_shape=shape, cond=cond, uncond=uncond,
+                           guidance_scale=args.guidance, seed=0, device=device, dtype=dtype,
+                           window_batch=args.window_batch, mode=mode_)
 
     reference = engine(denoise, "eager")
     n = args.frames

@@ -36,7 +36,7 @@ from common import RESULTS, machine  # noqa: E402
 
 from miga_fast import telemetry  # noqa: E402
 from miga_fast.runtime import Engine, EngineError  # noqa: E402
-from miga_fast.solvers import make_solver  # noqa: E402
+from miga_fast.solvers import solver_for  # noqa: E402
 
 PROMPT = "a red circle moving left on a striped blue background"
 
@@ -51,12 +51,12 @@ def build(args):
         cfg = preset(f"tiny-{args.mode}", **({"num_steps": args.steps} if args.steps else {}))
         g = torch.Generator().manual_seed(1)
         cond, uncond = torch.randn(1, 3, 8, generator=g), torch.randn(1, 3, 8, generator=g) * 0.1
-        return model, make_solver(cfg.solver, cfg.num_steps), cfg, (4, 16, 16), cond, uncond
+        return model, solver_for(cfg), cfg, (4, 16, 16), cond, uncond
     import miga_fast
 
     gen = miga_fast.load_default(args.device)
     cfg = gen.config(args.mode, steps=args.steps)
-    solver = make_solver(cfg.solver, cfg.num_steps, shift=gen.model.spec.shift)
+    solver = solver_for(cfg, gen.bundle.shift)
     return (gen.model.denoise, solver, cfg, (3, gen.frame_size, gen.frame_size), gen.encode(PROMPT),
             gen.encode(""))
 

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of the engine step: one steady-state batched model call (`Engine._execute`: host
+"""pytest-benchmark suite of the engine step: one steady-state batched model call (`StaticStepper.execute`: host
 layout, gathers, keyed noise, denoiser with CFG, solver step, ring write) in engine modes eager and compile,
 next to the bare denoiser on the same input shape (the floor).
 
@@ -6,7 +6,7 @@ next to the bare denoiser on the same input shape (the floor).
     pytest bench/test_bench_step.py --benchmark-only -k "tiny and eager"
 
 Each case runs a short plan first (compiling every step kind in compile mode) and keeps the batch of the most
-frequent step kind, with the ring's slot ownership at that moment, so the benchmark re-executes a real call of the
+frequent step kind, so the benchmark re-executes a real call of the
 plan on a live ring. Not part of the test suite (pyproject's testpaths is tests/).
 """
 
@@ -21,7 +21,7 @@ pytest.importorskip("pytest_benchmark")
 
 from miga_fast.plan import preset  # noqa: E402
 from miga_fast.runtime import Engine  # noqa: E402
-from miga_fast.solvers import make_solver  # noqa: E402
+from miga_fast.solvers import solver_for  # noqa: E402
 
 SMALL_MIGA = dict(num_steps=24, window=8, zigzag=2, guidance_frames=2, stride=4, end_level=3, refine_level=3)
 PROMPT = "a red circle moving left on a striped blue background"
@@ -54,43 +54,41 @@ CASES = {
 @pytest.fixture(scope="module", params=[(c, m) for c in CASES for m in ("eager", "compile")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def primed(request):
-    """(engine, calls, owner snapshot, denoiser, model input shapes) after a priming run."""
+    """(engine, calls, denoiser, cond, (B, F), case name) after a priming run."""
     name, mode = request.param
     factory, preset_name, overrides, n = CASES[name]
     denoise, shape, cond, uncond, shift = factory()
     cfg = preset(preset_name, **overrides)
-    engine = Engine(denoise, make_solver(cfg.solver, cfg.num_steps, **({} if cfg.solver == "ddim" else
-                                                                          {"shift": shift})),
-                    cfg, shape, cond=cond, uncond=uncond, guidance_scale=4.0, seed=0, mode=mode)
+    engine = Engine(denoise, solver_for(cfg, shift), cfg, shape, cond=cond, uncond=uncond, guidance_scale=4.0,
+                    seed=0, mode=mode)
     seen: Counter = Counter()
     kept: dict = {}
-    execute = engine._execute
+    execute = engine.stepper.execute
 
-    def spy(calls):
-        key = (len(calls), len(calls[0].serials), any(c.renoised for c in calls), engine._held is not None)
+    def spy(calls, latents, state, cond, held):
+        out = execute(calls, latents, state, cond, held)
+        key = engine.stepper.last_key
         seen[key] += 1
-        if not key[3]:
-            kept[key] = (list(calls), dict(engine._owner))
-        execute(calls)
+        if not held:
+            kept[key] = list(calls)
+        return out
 
-    engine._execute = spy
+    engine.stepper.execute = spy
     with torch.no_grad():
         for _ in engine.run(n):
             pass
-    engine._execute = execute
+    engine.stepper.execute = execute
     key = max(kept, key=lambda k: seen[k])
-    calls, owner = kept[key]
-    return engine, calls, owner, denoise, cond, key, name
+    return engine, kept[key], denoise, cond, (key.batch, key.frames), name
 
 
 def test_step(benchmark, primed):
-    engine, calls, owner, _, _, key, name = primed
-    engine._owner = owner
-    engine._held = None
+    engine, calls, _, _, key, name = primed
 
-    def step():
+    def step():  # the stepper re-runs a real call on the live ring (writes land in slots the plan owns)
         with torch.no_grad():
-            engine._execute(calls)
+            engine.stepper.execute(calls, engine.ring.latents, engine.ring.state, engine.conditions(len(calls)),
+                                   False)
 
     benchmark.group = f"{name} step B{key[0]}xF{key[1]}"
     benchmark.extra_info.update(mode=engine.mode, batch=key[0], frames=key[1], phase=calls[0].phase)
@@ -100,7 +98,7 @@ def test_step(benchmark, primed):
 
 def test_denoiser_floor(benchmark, primed):
     """The bare denoiser on the step's input (CFG: 2B windows), eager: what the step costs at least."""
-    engine, calls, _, denoise, cond, key, name = primed
+    engine, calls, denoise, cond, key, name = primed
     if engine.mode != "eager":
         pytest.skip("the floor is measured once per case (eager)")
     B, F = key[0], key[1]

@@ -13,7 +13,7 @@ from .plan import PRESETS, ModelCall, preset, trace_lines
 from .plan.config import PlanConfig
 from .plan.events import Emit
 from .plan.trace import drive, make_plan, ring_capacity
-from .runtime.graph import GraphUnavailable
+from .runtime.modes import GraphUnavailable
 
 
 def _config(args) -> PlanConfig:

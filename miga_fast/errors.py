@@ -1,4 +1,4 @@
-"""Exceptions raised for bad user input. Each message names the argument and what is allowed."""
+"""Exceptions raised for bad user input (each message names the argument and what is allowed) or a broken run."""
 
 
 class ConfigError(ValueError):
@@ -9,3 +9,7 @@ def require(condition: bool, argument: str, allowed: str, got) -> None:
     """Raise ConfigError('<argument> must be <allowed> (got <got>)') unless condition holds."""
     if not condition:
         raise ConfigError(f"{argument} must be {allowed} (got {got!r})")
+
+
+class EngineError(RuntimeError):
+    """The denoiser, the plan or the input broke an engine invariant (the message says which)."""

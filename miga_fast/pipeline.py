@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from .errors import ConfigError, require
 from .plan import PRESETS, IterationEnd, PlanConfig, preset
 from .runtime import Engine
-from .solvers import make_solver
+from .runtime.factory import make_engine
 from .video import VideoWriter, check_output_path
 
 MODES = ("fifo", "miga", "miga-stream")
@@ -59,10 +60,16 @@ class VideoGenerator:
 
     `model`: a ModelBundle (placed on its device by the loader), or a TinyVideoModel (moved to device/dtype).
     `device` and `dtype` are those of the engine's latents.
+
+    Engines are long-lived: the generator keeps up to `max_engines` idle engines, keyed by what fixes their
+    buffers and compiled steps (plan config, latent shape, CFG scale, window batch, engine mode), least recently
+    used first out; the next video with the same key resets one instead of allocating and compiling again.
+    Each holds its ring (capacity + 1 latents and solver history; see `Engine`) and, compiled or graphed, its
+    code / graph pool. `release()` drops them all. A video streaming while another starts gets its own engine.
     """
 
     def __init__(self, model, *, family: str | None = None, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, max_engines: int = 2):
         from .models.load import ModelBundle, tiny_bundle
 
         if not isinstance(model, ModelBundle):
@@ -73,6 +80,44 @@ class VideoGenerator:
         self.size = model.size
         self.model = model.module  # the denoiser module (quality/ reads the bundled model's spec from it)
         self.frame_size = model.size[0]  # the bundled model's square frame side
+        require(isinstance(max_engines, int) and max_engines >= 0, "max_engines", "an integer >= 0", max_engines)
+        self.max_engines = max_engines
+        self._engines: OrderedDict[tuple, Engine] = OrderedDict()  # idle engines, least recently used first
+
+    def engine(self, cfg: PlanConfig, *, cond: torch.Tensor, uncond: torch.Tensor | None, seed: int = 0,
+               size: tuple[int, int] | None = None, guidance_scale: float | None = None, window_batch: int = 0,
+               engine_mode: str = "eager") -> Engine:
+        """An idle engine for this configuration, reset to (seed, cond, uncond); built on first use.
+
+        The engine leaves the cache while in use: hand it back with `_return_engine` (stream() does).
+        """
+        guidance = self.bundle.guidance_scale if guidance_scale is None else float(guidance_scale)
+        key = (cfg, self.bundle.latent_shape(size), guidance, window_batch, engine_mode)
+        engine = self._engines.pop(key, None)
+        if engine is None:
+            engine = make_engine(self.bundle, cfg, size=size, guidance_scale=guidance, cond=cond, uncond=uncond,
+                                 seed=seed, device=self.device, dtype=self.dtype, window_batch=window_batch,
+                                 mode=engine_mode)
+            engine.cache_key = key
+        else:
+            engine.reset(seed, cond, uncond)
+        return engine
+
+    def _return_engine(self, engine: Engine) -> None:
+        self._engines[engine.cache_key] = engine
+        while len(self._engines) > self.max_engines:
+            self._engines.popitem(last=False)
+
+    @property
+    def engines(self) -> list[Engine]:
+        """The idle engines kept for reuse, least recently used first."""
+        return list(self._engines.values())
+
+    def release(self) -> None:
+        """Drop every cached engine (their rings, compiled steps and graphs are freed with them)."""
+        self._engines.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def config(self, mode: str = "miga-stream", steps: int | None = None, reflection: bool | None = None,
                overrides: dict | None = None) -> PlanConfig:
@@ -110,10 +155,16 @@ class VideoGenerator:
         conds = [self.encode(p) for _, p in schedule]  # validates every prompt before any work
         uncond = self.encode(negative)
         cfg = self.config(mode, steps, reflection, overrides)
-        solver = make_solver(cfg.solver, cfg.num_steps, **({"shift": bundle.shift} if cfg.solver != "ddim" else {}))
-        engine = Engine(bundle.denoise, solver, cfg, bundle.latent_shape(size), cond=conds[0], uncond=uncond,
-                        guidance_scale=bundle.guidance_scale if guidance_scale is None else guidance_scale,
-                        seed=seed, device=self.device, dtype=self.dtype, window_batch=window_batch, mode=engine_mode)
+        engine = self.engine(cfg, cond=conds[0], uncond=uncond, seed=seed, size=size, guidance_scale=guidance_scale,
+                             window_batch=window_batch, engine_mode=engine_mode)
+        try:
+            yield from self._frames(engine, cfg, codec, schedule, conds, uncond, frames, callback)
+        finally:  # also on an early stop (the consumer closed the stream): the engine is idle again
+            self._return_engine(engine)
+
+    @staticmethod
+    def _frames(engine: Engine, cfg: PlanConfig, codec, schedule, conds, uncond, frames: int,
+                callback: Callable[[int], None] | None) -> Iterator[np.ndarray]:
         head_offset = cfg.padding + cfg.num_steps - cfg.window if cfg.mode == "fifo" else 0
         starts = [codec.latent_of(start) for start, _ in schedule]  # schedule frames -> latent indices
         current = [0]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import miga_fast.pipeline as pipeline
+import miga_fast.runtime.factory as factory
 from miga_fast.cli import build_parser, main
 from miga_fast.pipeline import VideoGenerator
 
@@ -53,7 +54,7 @@ class FakeWriter:
 def fakes(monkeypatch):
     """Engine + VideoWriter stand-ins in the pipeline; render()/stream() themselves run for real."""
     FakeEngine.calls, FakeWriter.calls = [], []
-    monkeypatch.setattr(pipeline, "Engine", FakeEngine)
+    monkeypatch.setattr(factory, "Engine", FakeEngine)
     monkeypatch.setattr(pipeline, "VideoWriter", FakeWriter)
     return FakeEngine.calls, FakeWriter.calls
 

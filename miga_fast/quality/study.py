@@ -106,18 +106,17 @@ def render_pack(gen, variant: Variant, videos: list[tuple[str, int]], frames: in
     noise is keyed by (``seed``, its position in the pack): callers give each pack its own seed, and the same
     seed and position to a (prompt, seed index) in every variant (paired comparisons).
     """
-    from ..runtime import Engine
     from ..runtime.batch import PackedDenoiser, pack_conditions, unpack_latent
-    from ..solvers import make_solver
+    from ..runtime.factory import make_engine
 
     cfg = gen.config(variant.mode, overrides=variant.overrides)
-    solver = make_solver(cfg.solver, cfg.num_steps, shift=gen.bundle.shift)
     n = len(videos)
     cond = pack_conditions([gen.encode(p) for p, _ in videos])
     uncond = pack_conditions([gen.encode("")] * n)
     shape = (n * 3, gen.frame_size, gen.frame_size)
-    engine = Engine(PackedDenoiser(gen.bundle.denoise, n), solver, cfg, shape, cond=cond, uncond=uncond,
-                    guidance_scale=guidance, seed=seed, device=gen.device, dtype=gen.dtype)
+    engine = make_engine(gen.bundle, cfg, denoise=PackedDenoiser(gen.bundle.denoise, n), latent_shape=shape,
+                         guidance_scale=guidance, cond=cond, uncond=uncond, seed=seed, device=gen.device,
+                         dtype=gen.dtype)
     return torch.stack([unpack_latent(x, n) for x in engine.run(frames)], dim=1)
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, require
-from ..ops.solver_update import solver_tables, solver_update
+from ..errors import ConfigError, EngineError, require
 from ..plan import (
     Emit,
     Event,
@@ -31,16 +30,13 @@ from ..plan import (
 )
 from ..plan.events import NOISE_NEW, NOISE_RENOISE
 from ..solvers.base import Solver
+from .modes import select_mode
 from .noise import CounterNoise
 from .ring import LatentRing
 from .scores import SCORES
-from .step import make_stepper, select_mode
+from .step import StaticStepper, StepRunner, StepSpec
 
 NOISE_BASE = 5  # stream of the base-clip sampler's noise (outside the plan)
-
-
-class EngineError(RuntimeError):
-    """The denoiser, the plan or the input broke an engine invariant."""
 
 
 @dataclass
@@ -54,20 +50,25 @@ class EngineStats:
 
 
 class Engine:
-    """Runs FIFO / MIGA / miga-stream plans for one configuration, solver and denoiser.
+    """Runs FIFO / MIGA / miga-stream plans for one configuration, solver and denoiser, video after video.
 
-    mode: "eager" (the reference per-call path), "compile" / "graph" (the fixed-shape static step of
-    runtime/step.py, torch.compile'd or CUDA-graphed per step kind) or "auto"; see `mode` / `mode_why`.
-    ops_backend: backend of the fused `solver_update` (CFG combine + DDIM / flow-Euler step + ring write) the
-    eager path uses for memoryless solvers ("ref" / "triton" / "cpp"; default: by device, see
-    miga_fast.ops.backend); multistep solvers (UniPC) step through `solver.step`.
+    Every model call is the one static step (runtime/step.py, fixed shapes per step kind) run by the executor
+    `mode`: "eager" (as is), "compile" (torch.compile'd per step kind), "graph" (CUDA-graphed per step kind) or
+    "auto"; see `mode` / `mode_why`. The engine is long-lived: its ring, step functions, compiled code and
+    graphs are made on first use and kept; `reset(seed, cond, uncond)` starts a new video in the same buffers.
+    Memory held: the ring (capacity + 1 latents and solver history; offline "miga" grows it with the longest
+    video run so far), a hold buffer of the same size once a group is split over batches, per-batch condition
+    buffers, and in "compile" / "graph" mode the compiled code / graph pool of each step kind.
+    fused: CFG combine + solver step + ring write in one `solver_update` pass (default: when the solver has
+    `affine_tables()`); ops_backend: its backend ("ref" / "triton" / "cpp"; default by device).
     """
 
     def __init__(self, denoise: Callable[[Tensor, Tensor, Tensor], Tensor], solver: Solver, cfg: PlanConfig,
                  latent_shape: tuple[int, int, int], *, cond: Tensor, uncond: Tensor | None = None,
                  guidance_scale: float = 1.0, seed: int = 0, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, window_batch: int = 0, noise_method: str | None = None,
-                 mode: str = "eager", graph_pool_budget: int | None = None, ops_backend: str | None = None):
+                 mode: str = "eager", graph_pool_budget: int | None = None, ops_backend: str | None = None,
+                 fused: bool | None = None):
         self.cfg = cfg.validated()
         require(guidance_scale >= 0, "guidance_scale", "a number >= 0", guidance_scale)
         require(window_batch >= 0, "window_batch", "an integer >= 0 (0: a whole group per call)", window_batch)
@@ -75,63 +76,119 @@ class Engine:
         if solver.num_steps != self.cfg.num_steps:
             raise ConfigError(f"solver.num_steps must equal num_steps={self.cfg.num_steps} "
                               f"(got {solver.num_steps})")
-        if guidance_scale != 1.0 and uncond is None:
-            raise ConfigError("uncond must be given when guidance_scale != 1")
+        tables = solver.affine_tables()
+        require(fused is not True or tables is not None, "fused", "False or None for a solver with per-slot "
+                f"history ({type(solver).__name__})", fused)
         self.denoise, self.solver = denoise, solver.to(device)
         self.latent_shape = tuple(latent_shape)
         self.device, self.dtype = torch.device(device), dtype
         self.guidance_scale, self.window_batch = float(guidance_scale), window_batch
-        self.noise = CounterNoise(seed, self.device, noise_method)
-        self.set_condition(cond, uncond)
+        self.fused = tables is not None if fused is None else fused
         self.ring: LatentRing | None = None
-        self.stats = EngineStats()
-        self._stochastic = getattr(solver, "eta", 0.0) > 0
-        self.ops_backend = ops_backend
-        try:  # memoryless affine solvers: one fused pass replaces CFG combine + step + index_copy_
-            self._tables = solver_tables(self.solver)
-        except TypeError:
-            self._tables = None
-        self._cfg_inputs: dict[tuple[int, ...], Tensor] = {}
-        self._finite = torch.ones((), dtype=torch.bool, device=self.device)
-        # mode compile / graph: model calls run the fixed-shape static step (runtime/step.py), whose ring
-        # has one extra "dump" row; `mode_why` says, for each mode not active, why.
+        self._finite = torch.ones((), dtype=torch.bool, device=self.device)  # sticky NaN/Inf flag of a run
+        self._held = None
+        self._cond_bufs: dict[int, Tensor] = {}  # batch -> [B or 2B, S, D], refreshed in place
         self.mode, self.mode_why = select_mode(mode, self.device)
-        self._static = make_stepper(self.mode, denoise, self.solver, self.guidance_scale, self.latent_shape,
-                                    self.noise, self.device, dtype, graph_pool_budget=graph_pool_budget)
+        self.spec = StepSpec(denoise, self.solver, self.guidance_scale, self.fused, ops_backend)
+        if self.mode == "graph":
+            from .graph import GraphRunner
+
+            runner = GraphRunner(self.spec, self.device, pool_budget_bytes=graph_pool_budget)
+        else:
+            runner = StepRunner(self.spec, compile=self.mode == "compile")
+        noise = CounterNoise(seed, self.device, noise_method)
+        self.stepper = StaticStepper(runner, self.solver, self.latent_shape, noise, self.guidance_scale != 1.0,
+                                     device=self.device, dtype=dtype)
+        self.reset(seed, cond, uncond)
+
+    # ---------------------------------------------------------------- a new video
+    def reset(self, seed: int, cond: Tensor, uncond: Tensor | None = None) -> None:
+        """Start a new video in the same buffers: keyed-noise seed, text condition(s) [1, S, D], fresh stats.
+
+        Nothing is reallocated or recompiled; the next `run` gives exactly what a new engine would give.
+        """
+        if self.guidance_scale != 1.0 and uncond is None:
+            raise ConfigError("uncond must be given when guidance_scale != 1")
+        self.noise.reseed(seed)
+        self.set_condition(cond, uncond)
+        self.stats = EngineStats()
+
+    @property
+    def noise(self) -> CounterNoise:
+        """The keyed noise every draw of the engine comes from (replaceable: tests key it per packed video)."""
+        return self.stepper.noise
+
+    @noise.setter
+    def noise(self, noise) -> None:
+        self.stepper.noise = noise
+
+    @property
+    def runner(self):
+        """The executor's runner: a `step.StepRunner` (eager / compile) or a `graph.GraphRunner`."""
+        return self.stepper.runner
+
+    @property
+    def step_kinds(self) -> dict:
+        """Step kinds (`StepKey`) run so far, across videos, with the plan phases that used each."""
+        return self.stepper.keys_seen
+
+    def pointers(self) -> dict[str, int]:
+        """Storage addresses of every buffer the engine keeps between calls and videos (tests assert they stay)."""
+        ptrs = {} if self.ring is None else self.ring.pointers()
+        ptrs.update({f"cond.{b}": t.data_ptr() for b, t in self._cond_bufs.items()})
+        if self.stepper.hold is not None:
+            ptrs["hold"] = self.stepper.hold.data_ptr()
+        if hasattr(self.runner, "pointers"):
+            ptrs.update({f"graph.{k}": p for k, p in self.runner.pointers().items()})
+        return ptrs
 
     # ---------------------------------------------------------------- conditions
     def set_condition(self, cond: Tensor, uncond: Tensor | None = None) -> None:
-        """Text condition(s) [1, S, D]; may change between iterations (prompt schedules)."""
-        cond = cond.to(self.device, self.dtype)
-        self._cond = cond
+        """Text condition(s) [1, S, D]; may change between iterations (prompt schedules) and videos."""
+        self._cond = cond.to(self.device, self.dtype)
         self._uncond = None if uncond is None else uncond.to(self.device, self.dtype)
-        self._cond_cache: dict[int, Tensor] = {}
+        for batch in list(self._cond_bufs):
+            self._fill_conditions(batch)
 
-    def _conditions(self, batch: int) -> Tensor:
-        c = self._cond_cache.get(batch)
-        if c is None:
-            parts = [self._cond.expand(batch, *self._cond.shape[1:])]
-            if self.guidance_scale != 1.0:
-                parts.append(self._uncond.expand(batch, *self._uncond.shape[1:]))
-            c = self._cond_cache[batch] = torch.cat(parts).contiguous()
-        return c
+    def _fill_conditions(self, batch: int) -> Tensor:
+        """cond (and uncond with CFG) expanded to `batch` windows, in a buffer kept per batch (same address)."""
+        parts = [self._cond.expand(batch, *self._cond.shape[1:])]
+        if self.guidance_scale != 1.0:
+            parts.append(self._uncond.expand(batch, *self._uncond.shape[1:]))
+        rows = sum(p.shape[0] for p in parts)
+        buf = self._cond_bufs.get(batch)
+        if buf is None or buf.shape != (rows, *self._cond.shape[1:]):
+            buf = self._cond_bufs[batch] = torch.empty((rows, *self._cond.shape[1:]), device=self.device,
+                                                       dtype=self.dtype)
+        torch.cat(parts, out=buf)
+        return buf
+
+    def conditions(self, batch: int) -> Tensor:
+        """The condition input of a call of `batch` windows: [B (2B with CFG), S, D]."""
+        buf = self._cond_bufs.get(batch)
+        return buf if buf is not None else self._fill_conditions(batch)
 
     # ---------------------------------------------------------------- base clip
     def sample_base(self, frames: int | None = None) -> Tensor:
-        """A plain short-clip sample of f0 latents (every frame at one level, T steps): [f0, C, H, W]."""
+        """A plain short-clip sample of f0 latents (every frame at one level, T steps): [f0, C, H, W].
+
+        Runs through the same static step as the plan, in the ring's first f0 slots (free before a plan starts).
+        """
         f0 = frames or self.cfg.window
         T = self.cfg.num_steps
-        serials = list(range(f0))
-        x = self.noise.draw(NOISE_BASE, serials, [T] * f0, self.latent_shape, self.dtype).to(self.device)
-        state = self.solver.init_state(f0, self.latent_shape, self.device, self.dtype)
-        slots = torch.arange(f0, device=self.device)
+        self._ensure_ring(f0 + 1)
+        serials, slots = tuple(range(f0)), tuple(range(f0))
+        self.ring.latents[:f0] = self.noise.draw(NOISE_BASE, serials, [T] * f0, self.latent_shape,
+                                                 self.dtype).to(self.device)
+        if self.ring.state:
+            self.solver.reset_slots(self.ring.state, torch.arange(f0, device=self.device))
         for level in range(T - 1, -1, -1):
-            levels = torch.full((f0,), level, dtype=torch.long, device=self.device)
-            pred = self._predict(x.unsqueeze(0), levels.unsqueeze(0)).squeeze(0)
-            noise = self.noise.draw(NOISE_BASE, serials, [level] * f0, self.latent_shape, self.dtype) \
-                if self._stochastic else None
-            x = self.solver.step(x, pred, levels, slots=slots, state=state, noise=noise)
-        return x
+            self._step([ModelCall("base", serials, slots, (level,) * f0, slots, noise_stream=NOISE_BASE)], False)
+        return self.ring.latents[:f0].clone()
+
+    def _ensure_ring(self, capacity: int) -> None:
+        if self.ring is None or self.ring.capacity < capacity:
+            self.ring = LatentRing(capacity, self.latent_shape, self.solver, self.device, self.dtype)
 
     # ---------------------------------------------------------------- running a plan
     def run(self, num_latents: int, base: Tensor | None = None, decide=None,
@@ -143,6 +200,9 @@ class Engine:
         """
         cfg = self.cfg
         plan = make_plan(cfg, num_latents)  # validates num_latents
+        self._ensure_ring(ring_capacity(cfg, num_latents) + 1)  # + the static step's dump slot
+        self._finite.fill_(True)
+        self._held: list[tuple[Tensor, Tensor]] | None = None  # writes of a group split over batches
         if base is None:
             base = self.sample_base()
             self._require_finite("the base clip was sampled")
@@ -150,13 +210,8 @@ class Engine:
             raise EngineError(f"base clip must have shape {(cfg.window, *self.latent_shape)} "
                               f"[f0, C, H, W] (got {tuple(base.shape)})")
         self._base = base.to(self.device, self.dtype)
-        capacity = ring_capacity(cfg, num_latents) + (self._static is not None)  # + the dump slot
-        if self.ring is None or self.ring.capacity < capacity:
-            self.ring = LatentRing(capacity, self.latent_shape, self.solver, self.device, self.dtype)
         self._owner = {}  # slot -> serial living there (host-side plan validation)
-        self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._last_score: Tensor | None = None
-        self._held: list[tuple[Tensor, Tensor]] | None = None  # writes of a group split over batches
         pending: list[ModelCall] = []
         reply = None
         while True:
@@ -242,37 +297,6 @@ class Engine:
             raise EngineError(f"the denoiser produced non-finite values (NaN/Inf) before {when}; "
                               "check the model weights, dtype and inputs")
 
-    def _predict(self, x: Tensor, levels: Tensor) -> Tensor:
-        """Denoiser prediction (CFG-combined) for windows x [B, F, C, H, W] at levels [B, F]."""
-        cond, uncond = self._predict_split(x, levels)
-        pred = cond if uncond is None else uncond + self.guidance_scale * (cond - uncond)
-        return pred.permute(0, 2, 1, 3, 4)  # [B, F, C, H, W]
-
-    def _predict_split(self, x: Tensor, levels: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Conditional and unconditional (None without CFG) predictions [B, C, F, H, W] of one batched call."""
-        B, F = levels.shape
-        t = self.solver.model_timesteps(levels.flatten()).view(B, F).float()  # fp32: bf16 rounds 999 to 1000
-        xin = x.permute(0, 2, 1, 3, 4)  # [B, C, F, H, W]
-        expect = tuple(xin.shape)
-        if self.guidance_scale != 1.0:
-            buf = self._cfg_inputs.get(expect)
-            if buf is None:
-                buf = self._cfg_inputs[expect] = torch.empty((2 * B, *expect[1:]), device=self.device,
-                                                              dtype=self.dtype)
-            buf[:B].copy_(xin)
-            buf[B:].copy_(xin)
-            xin, t = buf, t.repeat(2, 1)
-        pred = self.denoise(xin, t, self._conditions(B))
-        if tuple(pred.shape) != tuple(xin.shape):
-            raise EngineError(f"denoiser returned shape {tuple(pred.shape)} for input {tuple(xin.shape)} "
-                              "[B, C, F, H, W]; it must return a prediction of the input's shape")
-        self._finite &= torch.isfinite(pred).all()
-        self.stats.model_calls += 1
-        self.stats.windows += B
-        if self.guidance_scale != 1.0:
-            return pred[:B], pred[B:]
-        return pred, None
-
     def _execute_group_end(self, calls: list[ModelCall]) -> None:
         """Run the last batch of a group, then write back the batches held for it."""
         self._execute(calls)
@@ -281,51 +305,19 @@ class Engine:
         self._held = None
 
     def _execute(self, calls: list[ModelCall]) -> None:
-        """One batched denoiser call over windows of equal length, then the solver step on writes."""
-        B, F = len(calls), len(calls[0].serials)
+        """One batched denoiser call over windows of equal length (plan events: liveness checked first)."""
         for c in calls:
             self._check_live(c.serials, c.slots)
-        if self._static is not None:
-            finite, held = self._static.execute(calls, self.ring.latents, self.ring.state, self._conditions(B),
-                                                self._held is not None)
-            self._finite &= finite
-            if held is not None:
-                self._held.append(held)
-            self.stats.model_calls += 1
-            self.stats.windows += B
-            return
-        flat_slots = [s for c in calls for s in c.slots]
-        flat_levels = [lv for c in calls for lv in c.levels]
-        slots = torch.tensor(flat_slots, device=self.device)
-        levels = torch.tensor(flat_levels, dtype=torch.long, device=self.device)
-        x = self.ring.gather(slots)  # [B*F, C, H, W]
-        renoise = [(b * F + p, c.serials[p], c.levels[p]) for b, c in enumerate(calls) for p in c.renoised]
-        if renoise:
-            pos, ser, lvs = zip(*renoise, strict=True)
-            idx = torch.tensor(pos, device=self.device)
-            eps = self.noise.draw(NOISE_RENOISE, ser, lvs, self.latent_shape, self.dtype)
-            x[idx] = self.solver.add_noise(x[idx], eps, levels[idx])
-        writes = [b * F + p for b, c in enumerate(calls) for p in c.writes]
-        w = torch.tensor(writes, device=self.device)
-        w_slots = slots[w]
-        noise = None
-        if self._stochastic:
-            noise = self.noise.draw(calls[0].noise_stream, [calls[i // F].serials[i % F] for i in writes],
-                                    [flat_levels[i] for i in writes], self.latent_shape, self.dtype)
-        if self._tables is not None and self._held is None:
-            # fused: CFG combine + step of the written rows straight into their ring slots
-            cond, uncond = self._predict_split(x.view(B, F, *self.latent_shape), levels.view(B, F))
-            solver_update(self.ring.latents, w_slots, x, levels[w], cond.transpose(1, 2),
-                          None if uncond is None else uncond.transpose(1, 2), guidance_scale=self.guidance_scale,
-                          rows=w, noise=noise, backend=self.ops_backend, **self._tables)
-            return
-        pred = self._predict(x.view(B, F, *self.latent_shape), levels.view(B, F))
-        new = self.solver.step(x[w], pred.reshape(B * F, *self.latent_shape)[w], levels[w],
-                               slots=w_slots, state=self.ring.state, noise=noise)
-        if self._held is not None:  # solver state may move now: calls of a group write disjoint slots
-            self._held.append((w_slots, new))
-        else:
-            self.ring.latents.index_copy_(0, w_slots, new)
+        self._step(calls, self._held is not None)
+
+    def _step(self, calls: list[ModelCall], held: bool) -> None:
+        finite, new = self.stepper.execute(calls, self.ring.latents, self.ring.state, self.conditions(len(calls)),
+                                           held)
+        self._finite &= finite
+        if new is not None:
+            self._held.append(new)
+        self.stats.model_calls += 1
+        self.stats.windows += len(calls)
 
     def _reflect_check(self, ev: ReflectCheck) -> bool:
         """Official rule: trigger when previous score - current score > threshold (one host read)."""

@@ -21,23 +21,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from ..solvers.base import Solver
-from .step import StepInputs, StepKey, bind_step
-
-
-class GraphUnavailable(RuntimeError):
-    """Mode "graph" was requested where CUDA graphs cannot run."""
-
-
-def unavailable_reason(device: torch.device | str) -> str | None:
-    """Why CUDA graphs cannot run on `device`, or None when they can."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return (f"CUDA graphs record and replay GPU kernel launches, so they need a CUDA device "
-                f"(the engine runs on {device.type!r}; torch.cuda.is_available() = {torch.cuda.is_available()})")
-    if not torch.cuda.is_available():
-        return "torch.cuda.is_available() is False (no driver/GPU, or a CPU-only torch build)"
-    return None
+from .modes import GraphUnavailable, unavailable_reason
+from .step import StepInputs, StepKey, StepSpec
 
 
 class StaticInputs:
@@ -133,10 +118,10 @@ class GraphRunner:
     backend: the capture backend (default CUDA; tests pass a CPU fake with `warmup` and `capture`).
     """
 
-    def __init__(self, denoise: Callable, solver: Solver, guidance_scale: float, device: torch.device, *,
-                 pool_budget_bytes: int | None = None, warmup: int = 3, backend=None):
+    def __init__(self, spec: StepSpec, device: torch.device, *, pool_budget_bytes: int | None = None,
+                 warmup: int = 3, backend=None):
         self.backend = backend if backend is not None else CudaGraphBackend(torch.device(device))
-        self.denoise, self.solver, self.guidance_scale = denoise, solver, float(guidance_scale)
+        self.spec = spec
         self.pool_budget_bytes, self.warmup_iters = pool_budget_bytes, warmup
         self.pool_bytes = 0
         self.captures: dict[StepKey, int] = {}  # key -> times captured (1 in a steady run)
@@ -147,8 +132,7 @@ class GraphRunner:
     def _step(self, key: StepKey) -> Callable:
         step = self._steps.get(key)
         if step is None:
-            step = self._steps[key] = bind_step(denoise=self.denoise, solver=self.solver, batch=key.batch,
-                                                guidance_scale=self.guidance_scale)
+            step = self._steps[key] = self.spec.bind(key)
         return step
 
     def _capture(self, key: StepKey, latents: Tensor, dst: Tensor, state: dict[str, Tensor],

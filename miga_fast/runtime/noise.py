@@ -47,13 +47,17 @@ class CounterNoise:
     """Deterministic N(0, 1) draws keyed by (stream, serial, level), for a given seed."""
 
     def __init__(self, seed: int, device: torch.device | str = "cpu", method: str | None = None):
-        self.seed = int(seed)
         self.device = torch.device(device)
         self.method = method or ("hash" if self.device.type == "cuda" else "generator")
         if self.method not in ("generator", "hash"):
             raise ValueError(f"method must be 'generator' or 'hash' (got {method!r})")
-        self._seed_key = _hash_int(self.seed ^ 0x9E3779B9)
         self._offsets: dict[int, Tensor] = {}
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Draw the noise of another video: every later draw is keyed by `seed` (nothing reallocated)."""
+        self.seed = int(seed)
+        self._seed_key = _hash_int(self.seed ^ 0x9E3779B9)
 
     def keys(self, stream: int, serials, levels) -> list[int]:
         """Host-side 32-bit keys for a list of (serial, level) in one stream."""

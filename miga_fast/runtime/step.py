@@ -28,18 +28,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import EngineError
+from ..ops.solver_update import solver_update
 from ..plan.events import NOISE_RENOISE, ModelCall
 from ..solvers.base import Solver, per_latent
 
 
-class StepShapeError(RuntimeError):
+class StepShapeError(EngineError):
     """The denoiser returned a prediction whose shape differs from its input's."""
 
 
 def window_step(latents: Tensor, dst: Tensor, state: dict[str, Tensor], slots: Tensor, levels: Tensor,
                 write_slots: Tensor, noise: Tensor | None, renoise_mask: Tensor | None,
                 renoise_eps: Tensor | None, cond: Tensor, *, denoise: Callable, solver: Solver, batch: int,
-                guidance_scale: float) -> Tensor:
+                guidance_scale: float, fused: bool = False, ops_backend: str | None = None) -> Tensor:
     """One denoiser call over B windows + the solver step of every row; returns finite(pred) (0-d bool).
 
     latents [R, C, H, W]: the ring (R = capacity + 1, the last row is the dump slot), read by `slots`.
@@ -47,7 +49,8 @@ def window_step(latents: Tensor, dst: Tensor, state: dict[str, Tensor], slots: T
     state: per-slot solver state (rows [R, ...]), read and updated in place through `write_slots`.
     slots, write_slots: long [N = B*F]; levels: long [N]; noise: [N, C, H, W] (zero on read-only rows)
     or None; renoise_mask: bool [N] with renoise_eps [N, C, H, W], or both None; cond: [B or 2B, S, D].
-    batch, guidance_scale: static (part of the step kind).
+    batch, guidance_scale, fused, ops_backend: static (part of the step kind). fused: CFG combine + the solver's
+    affine step + the write in one `solver_update` pass (memoryless solvers, `solver.affine_tables()`).
     """
     n = slots.shape[0]
     frames = n // batch
@@ -63,12 +66,16 @@ def window_step(latents: Tensor, dst: Tensor, state: dict[str, Tensor], slots: T
     if pred.shape != xin.shape:
         raise StepShapeError(f"denoiser returned shape {tuple(pred.shape)} for input {tuple(xin.shape)} "
                              "[B, C, F, H, W]; it must return a prediction of the input's shape")
-    if cfg:
-        c, u = pred[:batch], pred[batch:]
-        pred = u + guidance_scale * (c - u)
     finite = torch.isfinite(pred).all()
-    pred = pred.permute(0, 2, 1, 3, 4).reshape(x.shape)  # [N, C, H, W]
-    new = solver.step(x, pred, levels, slots=write_slots, state=state, noise=noise)
+    c, u = (pred[:batch], pred[batch:]) if cfg else (pred, None)
+    if fused:  # [B, C, F, H, W] -> [B, F, C, H, W] views: rows n = b * F + f, as x
+        solver_update(dst, write_slots, x, levels, c.transpose(1, 2), None if u is None else u.transpose(1, 2),
+                      guidance_scale=guidance_scale, noise=noise, backend=ops_backend, **solver.affine_tables())
+        return finite
+    if cfg:
+        c = u + guidance_scale * (c - u)
+    new = solver.step(x, c.permute(0, 2, 1, 3, 4).reshape(x.shape), levels, slots=write_slots, state=state,
+                      noise=noise)
     dst.index_copy_(0, write_slots, new)
     return finite
 
@@ -153,28 +160,41 @@ def _compile(fn: Callable) -> Callable:
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
-class StepRunner:
-    """Runs `window_step` per `StepKey`: compiled (mode "compile") or as is ("static", uncompiled).
+@dataclass(frozen=True)
+class StepSpec:
+    """The static (bound) arguments of `window_step` shared by every step kind of one engine."""
 
-    `compile_seconds[key]` is the wall time of the first call of each key (compile + one step). A ring of
-    another size (a longer offline-MIGA video) gets functions of its own rather than a recompile.
+    denoise: Callable
+    solver: Solver
+    guidance_scale: float
+    fused: bool = False  # solver_update pass (memoryless affine solvers only)
+    ops_backend: str | None = None  # backend of the fused solver_update (None: by device)
+
+    def bind(self, key: StepKey) -> Callable:
+        """The step of kind `key` as a function of its tensors (see `bind_step`)."""
+        return bind_step(denoise=self.denoise, solver=self.solver, batch=key.batch,
+                         guidance_scale=float(self.guidance_scale), fused=self.fused, ops_backend=self.ops_backend)
+
+
+class StepRunner:
+    """Runs `window_step` per `StepKey`: torch.compile'd (mode "compile") or as is (mode "eager").
+
+    `compile_seconds[key]` is the wall time of the first call of each key (compile + one step; the step alone
+    when uncompiled). A ring of another size (a longer offline-MIGA video) gets functions of its own rather than
+    a recompile. Functions outlive videos: an engine reset keeps them.
     """
 
-    def __init__(self, denoise: Callable, solver: Solver, guidance_scale: float, *, compile: bool = True):
-        self.denoise, self.solver, self.guidance_scale = denoise, solver, float(guidance_scale)
-        self.compile = compile
+    def __init__(self, spec: StepSpec, *, compile: bool = True):
+        self.spec, self.compile = spec, compile
         self.compile_seconds: dict[StepKey, float] = {}
         self._fns: dict[tuple[StepKey, int], Callable] = {}
-
-    def _build(self, key: StepKey) -> Callable:
-        fn = bind_step(denoise=self.denoise, solver=self.solver, batch=key.batch, guidance_scale=self.guidance_scale)
-        return _compile(fn) if self.compile else fn
 
     def __call__(self, key: StepKey, latents: Tensor, dst: Tensor, state: dict[str, Tensor],
                  inputs: StepInputs) -> Tensor:
         fn = self._fns.get((key, latents.shape[0]))
         if fn is None:
-            fn = self._fns[key, latents.shape[0]] = self._build(key)
+            fn = self.spec.bind(key)
+            fn = self._fns[key, latents.shape[0]] = _compile(fn) if self.compile else fn
             start = time.perf_counter()
             finite = fn(latents, dst, state, *inputs.tensors())
             self.compile_seconds[key] = time.perf_counter() - start
@@ -194,9 +214,10 @@ class StaticStepper:
         self.runner, self.solver, self.noise = runner, solver, noise
         self.latent_shape, self.guidance = tuple(latent_shape), guidance
         self.device, self.dtype = device, dtype
-        self.stochastic = getattr(solver, "eta", 0.0) > 0
+        self.stochastic = solver.stochastic
         self.hold: Tensor | None = None  # [R, C, H, W], allocated on the first split group
         self.keys_seen: dict[StepKey, set[str]] = {}  # kind -> plan phases that used it
+        self.last_key: StepKey | None = None  # kind of the latest call (benches time calls per kind)
 
     def _long(self, values: list[int]) -> Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -231,6 +252,7 @@ class StaticStepper:
             mask = torch.zeros(n, dtype=torch.bool, device=self.device).index_fill_(0, rows, True)
         key = StepKey(len(calls), len(calls[0].serials), self.guidance, bool(h.renoised), self.stochastic, held)
         self.keys_seen.setdefault(key, set()).add(calls[0].phase)
+        self.last_key = key
         dst = latents
         if held:
             if self.hold is None or self.hold.shape != latents.shape:
@@ -242,48 +264,3 @@ class StaticStepper:
             return finite, None
         w = self._long([h.slots[i] for i in h.writes])
         return finite, (w, self.hold.index_select(0, w))
-
-
-ENGINE_MODES = ("eager", "compile", "graph", "auto")
-
-
-def select_mode(requested: str, device: torch.device) -> tuple[str, dict[str, str]]:
-    """The engine mode to run and, for each mode not run, why. Raises for an impossible request.
-
-    "eager": the reference per-call path; "compile": `torch.compile` of `window_step` per step kind;
-    "graph": CUDA graphs of `window_step` per step kind; "auto": graph on CUDA, else eager.
-    """
-    from ..errors import ConfigError
-    from .graph import GraphUnavailable, unavailable_reason
-
-    if requested not in ENGINE_MODES:
-        raise ConfigError(f"mode must be one of {ENGINE_MODES} (got {requested!r})")
-    no_graph = unavailable_reason(device)
-    if requested == "graph" and no_graph:
-        raise GraphUnavailable(f"engine mode 'graph' cannot run: {no_graph}. Use mode='compile' or 'eager'.")
-    if requested == "auto":
-        active = "eager" if no_graph else "graph"
-        why = {"compile": "not chosen by mode='auto': it costs a compile per step kind (tens of seconds "
-                          "on a CPU); request mode='compile'",
-               "graph" if no_graph else "eager": no_graph or "mode='auto' prefers CUDA graphs on a CUDA device"}
-        return active, why
-    why = {m: "not requested" for m in ("eager", "compile", "graph") if m != requested}
-    if no_graph and requested != "graph":
-        why["graph"] = no_graph
-    return requested, why
-
-
-def make_stepper(mode: str, denoise: Callable, solver: Solver, guidance_scale: float,
-                 latent_shape: tuple[int, ...], noise, device: torch.device, dtype: torch.dtype, *,
-                 graph_pool_budget: int | None = None) -> StaticStepper | None:
-    """The engine's static stepper for an active mode (None for "eager", which keeps the reference path)."""
-    if mode == "eager":
-        return None
-    if mode == "compile":
-        runner = StepRunner(denoise, solver, guidance_scale)
-    else:
-        from .graph import GraphRunner
-
-        runner = GraphRunner(denoise, solver, guidance_scale, device, pool_budget_bytes=graph_pool_budget)
-    return StaticStepper(runner, solver, latent_shape, noise, guidance=guidance_scale != 1.0, device=device,
-                         dtype=dtype)

@@ -23,6 +23,16 @@ def make_solver(name: str, num_steps: int, **kw) -> Solver:
     return SOLVERS[name](num_steps, **kw)
 
 
+def solver_for(cfg, shift: float | None = None) -> Solver:
+    """The solver a plan config asks for (``cfg.solver`` with ``cfg.num_steps`` levels).
+
+    Flow solvers take the model's sigma ``shift`` (None: the solver's default); DDIM has no shift, so it is ignored.
+    The one rule every engine builder uses (runtime/factory.py).
+    """
+    kw = {} if cfg.solver == "ddim" or shift is None else {"shift": shift}
+    return make_solver(cfg.solver, cfg.num_steps, **kw)
+
+
 __all__ = [
     "FLOW_SCHEDULES",
     "SOLVERS",
@@ -32,4 +42,5 @@ __all__ = [
     "Solver",
     "flow_schedule",
     "make_solver",
+    "solver_for",
 ]

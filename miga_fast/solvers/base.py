@@ -67,6 +67,17 @@ class Solver(abc.ABC):
         stochastic solvers. The result has the dtype of ``x``.
         """
 
+    @property
+    def stochastic(self) -> bool:
+        """True when ``step`` needs a ``noise`` input (the engine then draws keyed noise for every step)."""
+        return False
+
+    def affine_tables(self) -> dict[str, Tensor | None] | None:
+        """Tables of a memoryless affine step ``c_x[i] x + c_pred[i] pred + c_noise[i] noise`` (float32 ``[T]``;
+        ``c_x`` / ``c_noise`` None for 1 / no noise), as ``ops.solver_update`` takes them; None for a solver
+        with per-slot history, which must step through ``step``."""
+        return None
+
     def init_state(
         self, capacity: int, latent_shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype
     ) -> dict[str, Tensor]:

@@ -60,6 +60,13 @@ class DDIMSolver(Solver):
         self._sqrt_a, self._sqrt_1ma = table(np.sqrt(a)), table(np.sqrt(1 - a))
         self._c_x, self._c_eps = table(c_x), table(c_eps)
 
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
+    def affine_tables(self) -> dict[str, Tensor | None]:
+        return {"c_x": self._c_x, "c_pred": self._c_eps, "c_noise": self.sigmas if self.eta > 0 else None}
+
     def model_timesteps(self, levels: Tensor) -> Tensor:
         """The integer DDPM timestep of each level, as float32 ``[N]``."""
         return self._model_t[levels]

@@ -106,6 +106,9 @@ class FlowEulerSolver(_FlowSolver):
         # float32 difference of the float32 sigmas, exactly as diffusers forms dt.
         self._dt = self.sigmas_next - self.sigmas
 
+    def affine_tables(self) -> dict[str, Tensor | None]:
+        return {"c_x": None, "c_pred": self._dt, "c_noise": None}
+
     def step(
         self,
         x: Tensor,

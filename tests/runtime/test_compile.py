@@ -60,7 +60,7 @@ def test_static_step_is_bit_exact_to_eager(uncompiled, toy, name, overrides, n, 
     cfg = preset(name, **overrides)
     ref, _ = run(toy, cfg, n, "eager", **kw)
     ours, engine = run(toy, cfg, n, "compile", **kw)
-    assert engine._static is not None
+    assert engine.mode == "compile" and engine.runner.compile  # (uncompiled by the fixture)
     assert torch.equal(ours, ref)
     if cfg.reflection:
         assert engine.stats.reflection_triggers > 0
@@ -84,7 +84,7 @@ def test_compile_fifo_toy(toy, no_recompiles):
     ref, _ = run(toy, cfg, 10, "eager")
     ours, engine = run(toy, cfg, 10, "compile")
     assert_close(ours, ref)
-    assert no_recompiles() == len(engine._static.keys_seen) == 1
+    assert no_recompiles() == len(engine.step_kinds) == 2  # the base clip's kind + FIFO's batched windows
 
 
 def test_compile_miga_stream_toy_hundreds_of_calls(toy, no_recompiles):
@@ -99,7 +99,7 @@ def test_compile_miga_stream_toy_hundreds_of_calls(toy, no_recompiles):
         ours = torch.stack(list(engine.run(14, on_event=lambda ev: seen.append(dict(engine.ring.pointers())))))
     assert engine.stats.model_calls >= 200
     assert_close(ours, ref)
-    assert no_recompiles() == len(engine._static.keys_seen) == 3
+    assert no_recompiles() == len(engine.step_kinds) == 3
     assert all(p == seen[0] for p in seen)
 
 
@@ -108,7 +108,7 @@ def test_compile_fifo_tiny_wan(wan, no_recompiles):
     ref, _ = run(wan.denoise, cfg, 6, "eager", shape=(4, 4, 4))
     ours, engine = run(wan.denoise, cfg, 6, "compile", shape=(4, 4, 4))
     assert_close(ours, ref)
-    assert no_recompiles() == len(engine._static.keys_seen) == 1
+    assert no_recompiles() == len(engine.step_kinds) == 2  # the base clip's kind + FIFO's batched windows
 
 
 @pytest.mark.slow
@@ -118,7 +118,7 @@ def test_compile_miga_stream_tiny_wan(wan, no_recompiles):
     ref, _ = run(wan.denoise, cfg, 8, "eager", shape=(4, 4, 4))
     ours, engine = run(wan.denoise, cfg, 8, "compile", shape=(4, 4, 4))
     assert_close(ours, ref)
-    assert no_recompiles() == len(engine._static.keys_seen)
+    assert no_recompiles() == len(engine.step_kinds)
 
 
 REFLECT = dict(reflection=True, judged_level=8, reflect_blocks=2, candidates=2, reflect_threshold=-1.0)
@@ -137,7 +137,7 @@ def test_compile_every_preset_toy(toy, no_recompiles, name, overrides, n):
     ref, eager = run(toy, cfg, n, "eager")
     ours, engine = run(toy, cfg, n, "compile")
     assert_close(ours, ref)
-    assert no_recompiles() == len(engine._static.keys_seen)
+    assert no_recompiles() == len(engine.step_kinds)
     assert engine.stats.reflection_triggers == eager.stats.reflection_triggers
 
 
@@ -146,7 +146,7 @@ def test_static_step_never_reads_tensors_on_the_host(uncompiled, toy, monkeypatc
     cond, uncond = conds()
     engine = Engine(toy, FlowUniPCSolver(cfg.num_steps), cfg, SHAPE, cond=cond, uncond=uncond, guidance_scale=3.0,
                     mode="compile")
-    runner = engine._static.runner
+    runner = engine.runner
     calls = []
 
     def guarded(*args):
@@ -159,7 +159,7 @@ def test_static_step_never_reads_tensors_on_the_host(uncompiled, toy, monkeypatc
             calls.append(args[0])
             return runner(*args)
 
-    engine._static.runner = guarded
+    engine.stepper.runner = guarded
     with torch.no_grad():
         assert len(list(engine.run(6))) == 6
     assert len(calls) > 50

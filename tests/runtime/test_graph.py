@@ -8,7 +8,8 @@ from miga_fast.models.toy import ToyDenoiser
 from miga_fast.plan import ModelCall, preset
 from miga_fast.runtime import Engine
 from miga_fast.runtime.graph import GraphRunner, GraphUnavailable, StaticInputs, unavailable_reason
-from miga_fast.runtime.step import StepInputs, StepKey, host_step, select_mode
+from miga_fast.runtime.modes import select_mode
+from miga_fast.runtime.step import StepInputs, StepKey, host_step
 from miga_fast.solvers import make_solver
 
 SHAPE = (4, 6, 6)
@@ -41,8 +42,8 @@ def engine(toy, name, mode, **overrides):
 
 def with_fake_graphs(e, grown=0, **kw):
     """Swap a compile-mode engine's runner for a GraphRunner on the fake backend."""
-    e._static.runner = GraphRunner(e.denoise, e.solver, e.guidance_scale, e.device, backend=FakeBackend(grown), **kw)
-    return e._static.runner
+    e.stepper.runner = GraphRunner(e.spec, e.device, backend=FakeBackend(grown), **kw)
+    return e.runner
 
 
 def run(e, n):
@@ -118,7 +119,7 @@ def test_fake_graph_runner_is_exact_and_captures_once_per_kind(toy, name, overri
         ours = torch.stack(list(e.run(14, on_event=snapshot)))
     # warm-up and capture ran the step 4 times per kind, all into the dump slot: the video is unchanged
     assert torch.equal(ours, ref)
-    assert runner.captures == {k: 1 for k in e._static.keys_seen} and not runner.fallbacks
+    assert runner.captures == {k: 1 for k in e.step_kinds} and not runner.fallbacks
     last = seen[-1]
     assert all(last[k] == v for ptrs in seen for k, v in ptrs.items())  # nothing ever reallocated
     runner.reset()
@@ -131,7 +132,7 @@ def test_graph_pool_budget_falls_back_to_the_static_step(toy):
     e = engine(toy, "vc2-miga-stream", "compile", **overrides)
     runner = with_fake_graphs(e, grown=100, pool_budget_bytes=1)
     assert torch.equal(run(e, 14), ref)
-    assert len(runner.captures) == 1 and len(runner.fallbacks) == len(e._static.keys_seen) - 1 == 2
+    assert len(runner.captures) == 1 and len(runner.fallbacks) == len(e.step_kinds) - 1 == 2
     assert all("budget 1" in why for why in runner.fallbacks.values())
 
 
