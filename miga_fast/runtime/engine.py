@@ -97,7 +97,7 @@ class Engine:
         else:
             runner = StepRunner(self.spec, compile=self.mode == "compile")
         noise = CounterNoise(seed, self.device, noise_method)
-        self.stepper = StaticStepper(runner, self.solver, self.latent_shape, noise, self.guidance_scale != 1.0,
+        self.stepper = StaticStepper(runner, self.solver, self.latent_shape, noise, guidance=self.guidance_scale != 1.0,
                                      device=self.device, dtype=dtype)
         self.reset(seed, cond, uncond)
 
