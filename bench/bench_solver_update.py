@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import VC2, WAN, WAN_MINI, Case, h100_line, run  # noqa: E402
 
-from miga_fast.ops.solver_update import solver_tables, solver_update, solver_update_ref  # noqa: E402
+from miga_fast.ops.solver_update import solver_update, solver_update_ref  # noqa: E402
 from miga_fast.solvers import DDIMSolver  # noqa: E402
 from miga_fast.solvers.flow import FlowEulerSolver  # noqa: E402
 
@@ -27,7 +27,7 @@ def case(video, solver_name, big=False) -> Case:
     def make(dtype):
         # one FIFO window (batch 1, every frame written), raw CFG output [2, C, F, H, W] as the denoiser returns it
         raw = torch.randn(2, C, F, H, W, dtype=dtype)
-        tables = solver_tables(solver)
+        tables = solver.affine_tables()
         return {"ring": torch.randn(2 * F + 3, C, H, W, dtype=dtype), "slots": torch.randperm(2 * F + 3)[:F],
                 "x": torch.randn(F, C, H, W, dtype=dtype), "levels": torch.randint(0, T, (F,)),
                 "pred_cond": raw[:1].permute(0, 2, 1, 3, 4), "pred_uncond": raw[1:].permute(0, 2, 1, 3, 4),

@@ -13,7 +13,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from miga_fast.ops.adaln_modulate import adaln_modulate_fake, check_shapes, out_dtype
+from miga_fast.ops.shapes import adaln_modulate_fake, adaln_modulate_out_dtype, check_adaln_modulate
 
 from .launch import interpreter_safe, pow2, store_dtype
 
@@ -49,8 +49,8 @@ def adaln_modulate_triton(
     x: Tensor, shift: Tensor, scale: Tensor, eps: float | None = None, dtype: torch.dtype | None = None
 ) -> Tensor:
     """Triton ``adaln_modulate`` (see ``miga_fast.ops.adaln_modulate``)."""
-    check_shapes(x, shift, scale)
-    result = out_dtype(x, shift, scale, eps, dtype)
+    check_adaln_modulate(x, shift, scale)
+    result = adaln_modulate_out_dtype(x, shift, scale, eps, dtype)
     xk, shk, sck = interpreter_safe(x), interpreter_safe(shift), interpreter_safe(scale)
     if xk.stride(3) != 1:
         xk = xk.contiguous()

@@ -12,7 +12,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from miga_fast.ops.gated_residual import check_shapes, gated_residual_fake
+from miga_fast.ops.shapes import check_gated_residual, gated_residual_fake
 
 from .launch import interpreter_safe, pow2, store_dtype
 
@@ -39,7 +39,7 @@ def _gated_residual_kernel(
 @triton_op("miga_fast::gated_residual_triton", mutates_args=())
 def gated_residual_triton(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
     """Triton ``gated_residual`` (see ``miga_fast.ops.gated_residual``)."""
-    check_shapes(x, y, gate)
+    check_gated_residual(x, y, gate)
     xk, yk, gk = (interpreter_safe(t) for t in (x, y, gate))
     xk, yk = (t if t.stride(3) == 1 else t.contiguous() for t in (xk, yk))
     gk = gk if gk.stride(2) == 1 else gk.contiguous()

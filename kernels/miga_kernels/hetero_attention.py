@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from miga_fast.ops.hetero_attention import SHORT_MAX, check_shapes, hetero_attention_fake
+from miga_fast.ops.shapes import SHORT_MAX, check_hetero_attention, hetero_attention_fake
 
 from .launch import DOT_PRECISION, interpreter_safe, pow2, store_dtype
 
@@ -98,7 +98,7 @@ def _attn_short(
 @triton_op("miga_fast::hetero_attention_triton", mutates_args=())
 def hetero_attention_triton(q: Tensor, k: Tensor, v: Tensor, skip_queries: int = 0) -> Tensor:
     """Triton ``hetero_attention`` (see ``miga_fast.ops.hetero_attention``)."""
-    check_shapes(q, k, v, skip_queries)
+    check_hetero_attention(q, k, v, skip_queries)
     qk, kk, vk = (interpreter_safe(t) for t in (q, k, v))
     qk, kk, vk = (t if t.stride(3) == 1 else t.contiguous() for t in (qk, kk, vk))
     B, H, Sq, d = q.shape

@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from miga_fast.ops.solver_update import check_args, solver_update_fake
+from miga_fast.ops.shapes import check_solver_update, solver_update_fake
 
 from .launch import interpreted, interpreter_safe, pow2
 
@@ -78,7 +78,7 @@ def solver_update_triton(
     rows: Tensor | None = None,
 ) -> None:
     """Triton ``solver_update`` (see ``miga_fast.ops.solver_update``)."""
-    check_args(ring, slots, x, levels, pred_cond, pred_uncond, c_pred, c_x, c_noise, noise, rows)
+    check_solver_update(ring, slots, x, levels, pred_cond, pred_uncond, c_pred, c_x, c_noise, noise, rows)
     if not ring.is_contiguous():
         raise ValueError("solver_update: ring must be contiguous")
     M, C = slots.shape[0], ring.shape[1]

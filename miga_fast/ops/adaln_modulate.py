@@ -17,33 +17,13 @@ from torch import Tensor
 
 from . import backend as _backend
 from .adaln import adaln_modulate_ref
+from .shapes import adaln_modulate_fake, adaln_modulate_out_dtype, check_adaln_modulate
 
 __all__ = ["adaln_modulate", "adaln_modulate_ref"]
 
 
-def check_shapes(x: Tensor, shift: Tensor, scale: Tensor) -> None:
-    """``x [B, F, P, D]`` and per-frame ``shift/scale [B, F, D]``, else ValueError."""
-    if x.dim() != 4 or shift.shape != (x.shape[0], x.shape[1], x.shape[3]) or scale.shape != shift.shape:
-        raise ValueError(
-            f"adaln_modulate: x must be [B, F, P, D] and shift/scale [B, F, D] "
-            f"(got {tuple(x.shape)}, {tuple(shift.shape)}, {tuple(scale.shape)})"
-        )
-
-
-def out_dtype(x: Tensor, shift: Tensor, scale: Tensor, eps: float | None, dtype: torch.dtype | None) -> torch.dtype:
-    """``dtype``, else the promoted dtype of (normalised x, shift, scale), as ``adaln_modulate_ref``."""
-    if dtype is not None:
-        return dtype
-    return torch.promote_types(torch.promote_types(torch.float32 if eps is not None else x.dtype, shift.dtype),
-                               scale.dtype)
-
-
-def adaln_modulate_fake(
-    x: Tensor, shift: Tensor, scale: Tensor, eps: float | None = None, dtype: torch.dtype | None = None
-) -> Tensor:
-    """Shape function of the kernels: contiguous ``[B, F, P, D]``."""
-    check_shapes(x, shift, scale)
-    return x.new_empty(x.shape, dtype=out_dtype(x, shift, scale, eps, dtype))
+# the names these had before they moved to .shapes, kept importable from here
+check_shapes, out_dtype = check_adaln_modulate, adaln_modulate_out_dtype
 
 
 def _triton_op():
@@ -62,8 +42,8 @@ def adaln_modulate(
     backend: str | None = None,
 ) -> Tensor:
     """``LN(x) * (1 + scale) + shift`` per frame: ``x [B, F, P, D]``, ``shift/scale [B, F, D]`` -> ``[B, F, P, D]``."""
-    check_shapes(x, shift, scale)
-    dtypes = (x.dtype, shift.dtype, scale.dtype, out_dtype(x, shift, scale, eps, dtype))
+    check_adaln_modulate(x, shift, scale)
+    dtypes = (x.dtype, shift.dtype, scale.dtype, adaln_modulate_out_dtype(x, shift, scale, eps, dtype))
     which = _backend.resolve("adaln_modulate", x.device, dtypes, backend)
     if which == "cpp":
         return torch.ops.miga_fast.adaln_modulate(x, shift, scale, eps, dtype)

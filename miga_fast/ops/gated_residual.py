@@ -15,23 +15,13 @@ from torch import Tensor
 
 from . import backend as _backend
 from .adaln import gated_residual_ref
+from .shapes import check_gated_residual, gated_residual_fake
 
 __all__ = ["gated_residual", "gated_residual_ref"]
 
 
-def check_shapes(x: Tensor, y: Tensor, gate: Tensor) -> None:
-    """``x/y [B, F, P, D]`` and per-frame ``gate [B, F, D]``, else ValueError."""
-    if x.dim() != 4 or y.shape != x.shape or gate.shape != (x.shape[0], x.shape[1], x.shape[3]):
-        raise ValueError(
-            f"gated_residual: x and y must be [B, F, P, D] and gate [B, F, D] "
-            f"(got {tuple(x.shape)}, {tuple(y.shape)}, {tuple(gate.shape)})"
-        )
-
-
-def gated_residual_fake(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
-    """Shape function of the kernels: contiguous ``[B, F, P, D]`` in x's dtype."""
-    check_shapes(x, y, gate)
-    return x.new_empty(x.shape)
+# the name this had before it moved to .shapes, kept importable from here
+check_shapes = check_gated_residual
 
 
 def _triton_op():
@@ -42,7 +32,7 @@ def _triton_op():
 
 def gated_residual(x: Tensor, y: Tensor, gate: Tensor, *, backend: str | None = None) -> Tensor:
     """``x + gate * y`` per frame: ``x/y [B, F, P, D]``, ``gate [B, F, D]`` -> ``[B, F, P, D]`` (x's dtype)."""
-    check_shapes(x, y, gate)
+    check_gated_residual(x, y, gate)
     which = _backend.resolve("gated_residual", x.device, (x.dtype, y.dtype, gate.dtype), backend)
     if which == "cpp":
         return torch.ops.miga_fast.gated_residual(x, y, gate)

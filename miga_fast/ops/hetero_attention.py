@@ -34,10 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import backend as _backend
+from .shapes import SHORT_MAX, check_hetero_attention, hetero_attention_fake
 
 __all__ = ["hetero_attention", "hetero_attention_ref", "SHORT_MAX"]
-
-SHORT_MAX = 64  # sequences up to this length (keys and kept queries) take the many-sequences-per-program path
 
 
 def hetero_attention_ref(q: Tensor, k: Tensor, v: Tensor, *, skip_queries: int = 0) -> Tensor:
@@ -45,22 +44,8 @@ def hetero_attention_ref(q: Tensor, k: Tensor, v: Tensor, *, skip_queries: int =
     return F.scaled_dot_product_attention(q[:, :, skip_queries:], k, v)
 
 
-def check_shapes(q: Tensor, k: Tensor, v: Tensor, skip_queries: int) -> None:
-    """4-D q/k/v with matching B, H, d, k and v alike, ``0 <= skip_queries <= Sq``; else ValueError."""
-    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
-        raise ValueError(
-            f"hetero_attention: q must be [B, H, Sq, d] and k/v [B, H, Sk, d] "
-            f"(got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)})"
-        )
-    if not 0 <= skip_queries <= q.shape[2]:
-        raise ValueError(f"hetero_attention: skip_queries must be in [0, Sq={q.shape[2]}] (got {skip_queries})")
-
-
-def hetero_attention_fake(q: Tensor, k: Tensor, v: Tensor, skip_queries: int = 0) -> Tensor:
-    """Shape function of the kernels: ``[B, H, Sq', d]`` view of a contiguous ``[B, Sq', H, d]`` buffer."""
-    check_shapes(q, k, v, skip_queries)
-    B, H, Sq, d = q.shape
-    return q.new_empty((B, Sq - skip_queries, H, d)).transpose(1, 2)
+# the name this had before it moved to .shapes, kept importable from here
+check_shapes = check_hetero_attention
 
 
 def _triton_op():
@@ -71,7 +56,7 @@ def _triton_op():
 
 def hetero_attention(q: Tensor, k: Tensor, v: Tensor, *, skip_queries: int = 0, backend: str | None = None) -> Tensor:
     """Attention of the query rows ``skip_queries:`` over all keys: ``-> [B, H, Sq - skip_queries, d]``."""
-    check_shapes(q, k, v, skip_queries)
+    check_hetero_attention(q, k, v, skip_queries)
     # On CPU, SDPA (MKL GEMM tiles) is ~1.7x faster than the C++ kernel on long sequences and ~10-25% faster
     # on VC2's short ones (bench/results/hetero_attention.csv): the automatic CPU choice is SDPA.
     which = _backend.resolve("hetero_attention", q.device, (q.dtype, k.dtype, v.dtype), backend,

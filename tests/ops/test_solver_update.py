@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from miga_fast.ops.solver_update import solver_tables, solver_update, solver_update_ref
+from miga_fast.ops.solver_update import solver_update, solver_update_ref
 from miga_fast.solvers import DDIMSolver
 from miga_fast.solvers.flow import FlowEulerSolver, FlowUniPCSolver
 
@@ -32,7 +32,7 @@ def window(latent, dtype, solver, *, batch=2, frames=3, capacity=11, cfg=True):
     rows = torch.tensor([0, 2, 3, n - 1])
     slots = torch.tensor([7, 1, 4, capacity - 1])
     levels = torch.tensor([T - 1, 3, 0, 9])
-    tables = solver_tables(solver)
+    tables = solver.affine_tables()
     noise = torch.randn(len(rows), C, H, W).to(dtype) if tables["c_noise"] is not None else None
     ring = torch.randn(capacity, C, H, W).to(dtype)
     return ring, dict(slots=slots, x=x, levels=levels, pred_cond=cond, pred_uncond=uncond, noise=noise,
@@ -78,7 +78,7 @@ def test_single_prediction_whole_window(kernel_backend):
     ring = torch.randn(9, 4, 3, 5)
     x, pred, noise = (torch.randn(6, 4, 3, 5) for _ in range(3))
     args = dict(slots=torch.tensor([8, 0, 2, 1, 5, 3]), x=x, levels=torch.arange(6) * 2, pred_cond=pred,
-                noise=noise, **solver_tables(solver))
+                noise=noise, **solver.affine_tables())
     expected = ring.clone()
     solver_update_ref(expected, **args)
     solver_update(ring, **args, backend=kernel_backend)
@@ -124,8 +124,7 @@ def test_cpp_checks_index_ranges(request):
 
 
 def test_rejects_multistep_solvers_and_bad_shapes():
-    with pytest.raises(TypeError, match="FlowUniPCSolver keeps per-slot history"):
-        solver_tables(FlowUniPCSolver(T))
+    assert FlowUniPCSolver(T).affine_tables() is None  # per-slot history: it steps through solver.step
     ring, a = window((2, 3, 4), torch.float32, SOLVERS["ddim-eta1"]())
     with pytest.raises(ValueError, match="c_noise and noise go together"):
         solver_update(ring, **{**a, "noise": None}, backend="ref")
