@@ -52,8 +52,8 @@ from baseline_loop import for_engine  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
 
 from miga_fast import telemetry  # noqa: E402
+from miga_fast.plan import MODES  # noqa: E402
 
-MODES = ("fifo", "miga", "miga-stream")
 ENGINES = ("baseline", "eager", "compile", "graph")
 QUICK_STEPS = {"fifo": 8, "miga": 10, "miga-stream": 10}  # --quick: fewer sampler steps than the presets' 16
 PROMPT = "a red circle moving left on a striped blue background"

@@ -20,12 +20,10 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, require
-from .plan import PRESETS, IterationEnd, PlanConfig, preset
+from .plan import MODES, PRESETS, IterationEnd, PlanConfig, preset
 from .runtime import Engine
 from .runtime.factory import make_engine
-from .video import VideoWriter, check_output_path
-
-MODES = ("fifo", "miga", "miga-stream")
+from .video import VideoWriter, check_output_path, to_uint8
 
 
 def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
@@ -221,12 +219,6 @@ class VideoGenerator:
                 if bar is not None:
                     bar.close()
         return RenderResult(path, count, time.perf_counter() - start, interrupted)
-
-
-def to_uint8(frame: torch.Tensor) -> np.ndarray:
-    """Frame [3, H, W] in [-1, 1] (clamped) -> uint8 [H, W, 3]."""
-    frame = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return frame.permute(1, 2, 0).cpu().numpy()
 
 
 def load(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32, *,

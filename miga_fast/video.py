@@ -7,10 +7,17 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import ConfigError
 
 FORMATS = (".mp4", ".gif")
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Frames [..., 3, H, W] in [-1, 1] (clamped) -> uint8 [..., H, W, 3] (one frame or a stack of them)."""
+    frames = ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.movedim(-3, -1).cpu().numpy()
 
 
 def check_output_path(path: str | os.PathLike) -> Path:

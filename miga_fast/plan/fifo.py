@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+from .book import Book
 from .config import PlanConfig, check_latents
 from .events import Emit, Event, IterationEnd
-from .queue import Book
 
 
 def fifo_capacity(cfg: PlanConfig) -> int:

@@ -38,10 +38,12 @@ comparable with the official code (preset values: T=54, f0=21, L=7, m=4, stride 
   `--latents N` to the smallest n with N_out >= N and emit the surplus with keep=False. Every N >= 1
   gives n >= 4; the official code crashes only for n <= 3 (short stage-2 windows, empty output).
 
-wan-miga-stream (ours): the same stage 1, then stream.py's bounded-memory stage 2 (chunks of f0 - ctx
-new latents, the last ctx finished latents re-noised per call as read-only context), where every
-chunk takes the official Wan level path above (reset, end_level..1, re-noise, refine_level..0).
-Nothing is dropped, so N output latents need ceil(N/L) popped blocks.
+The code is shared with VC2 (miga.py: `plan_stage1`, `stage2_passes`, `plan_offline`), with the rules
+above as explicit family branches. wan-miga-stream (ours) is stream.py's driver: the same stage 1, then
+the bounded-memory stage 2 (chunks of f0 - ctx new latents, the last ctx finished latents re-noised per
+call as read-only context), where every chunk takes the official Wan level path above (reset,
+end_level..1, re-noise, refine_level..0). Nothing is dropped, so N output latents need ceil(N/L)
+popped blocks.
 
 Not reproduced, as it has no effect on the schedule: the unseeded global CUDA RNG and the unused
 seed_g draw (our noise is keyed per latent), rollout calls without write-back, and the dead
@@ -51,29 +53,14 @@ using frame 0's timestep, bf16 autocast) belong to the model and engine, not to 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator
 
-from .config import WAN_GUIDANCE_CENTRE, PlanConfig, check_latents
-from .events import (
-    NOISE_STEP_REFINE,
-    NOISE_STEP_STAGE2,
-    Emit,
-    Event,
-    IterationEnd,
-    ReflectCheck,
-    ReflectSelect,
-    Renoise,
-    ResetHistory,
-)
-from .miga import PopSink, _reflect, stage1_capacity
-from .queue import Book, Latent
-from .stream import stream_capacity
-from .windows import dynamic_chunks, fill_chunks, guidance_positions
-
-WAN_SCORE = "frame"  # runtime.scores: per-frame mean pairwise cosine (official Wan `adjust_judge`)
+from .book import Book
+from .config import PlanConfig, check_latents
+from .events import Event
+from .miga import plan_offline, stage1_capacity
 
 
 def official_iterations(cfg: PlanConfig, num_latents: int) -> int:
@@ -86,180 +73,10 @@ def wan_miga_capacity(cfg: PlanConfig, num_latents: int) -> int:
     return stage1_capacity(cfg) + official_iterations(cfg, num_latents) * cfg.zigzag
 
 
-def _serials(latents: Sequence[Latent]) -> tuple[int, ...]:
-    return tuple(x.serial for x in latents)
-
-
-def _slots(latents: Sequence[Latent]) -> tuple[int, ...]:
-    return tuple(x.slot for x in latents)
-
-
-def _window(queue: list[Latent], start: int, count: int, cfg: PlanConfig):
-    """Inputs and written positions of stage-1 chunk (start, count): the f0-m queue latents with the
-    guidance latents prepended, or the plain f0 window [start, start+f0) at the head."""
-    guide = guidance_positions(start, cfg.guidance_frames, cfg.zigzag, WAN_GUIDANCE_CENTRE)
-    if guide is None:
-        return queue[start : start + cfg.window], range(count)
-    inputs = [queue[p] for p in guide] + queue[start : start + cfg.stage1_window]
-    return inputs, range(len(guide), len(guide) + count)
-
-
-def _reflect_wan(book: Book, cfg: PlanConfig, queue: list[Latent]) -> Generator[Event, object, list[Latent]]:
-    """miga._reflect (the rollout rules coincide) with its check and selection asking for the Wan score."""
-    inner = _reflect(book, cfg, queue)
-    reply = None
-    while True:
-        try:
-            event = inner.send(reply)
-        except StopIteration as done:
-            return done.value
-        if isinstance(event, ReflectCheck | ReflectSelect):
-            event = dataclasses.replace(event, score=WAN_SCORE)
-        reply = yield event
-
-
-def plan_stage1_wan(cfg: PlanConfig, blocks: int, book: Book, sink: PopSink,
-                    groups: Iterator[int]) -> Generator[Event, object, None]:
-    """Init, fill phase and stage-1 loop; pops `blocks` head blocks (official long_iter_nums) into `sink`."""
-    T, L, f0, S, end = cfg.num_steps, cfg.zigzag, cfg.window, cfg.stride, cfg.end_level
-    queue: list[Latent] = []
-
-    def append():
-        for _ in range(L):
-            lat, ev = book.new(T - 1, "base", f0 - 1)
-            queue.append(lat)
-            yield ev
-
-    first = T - f0 // L - 1
-    for j in range(f0):
-        lat, ev = book.new(first + j // L, "base", j)
-        queue.append(lat)
-        yield ev
-
-    for _ in range(min(blocks, T - f0 // L)):
-        yield from append()
-        if len(queue) == T * L or queue[0].level <= end + 1:
-            break  # before denoising: the appended block stays at T-1
-        for start, count in fill_chunks(len(queue), cfg.stage1_window, S):
-            inputs, writes = _window(queue, start, count, cfg)
-            call = book.call("fill", inputs, writes)
-            yield call
-            book.advance(call, inputs)  # Gauss-Seidel: later windows read this step's results
-        yield IterationEnd("fill", _serials(queue))
-        if cfg.reflection and queue[0].level < cfg.judged_level - cfg.reflect_blocks:
-            queue = yield from _reflect_wan(book, cfg, queue)
-
-    popped, popping, it = 0, False, -1
-    while popped < blocks:
-        it += 1
-        head, group, stepped = queue[0].level, next(groups), []
-        for start, count in dynamic_chunks(len(queue), cfg.stage1_window, S, it):
-            inputs, writes = _window(queue, start, count, cfg)
-            call = book.call("stage1", inputs, writes, group=group)
-            yield call
-            stepped.append((call, inputs))
-        for call, inputs in stepped:  # Jacobi: levels move once the whole iteration has run
-            book.advance(call, inputs)
-        yield IterationEnd("stage1", _serials(queue))
-        if popping and head <= end:
-            block, queue[:L] = queue[:L], []
-            popped += 1
-            yield from sink(block)
-        elif queue[0].level <= end:
-            popping = True
-        if popping and queue[-1].level >= T - 2:
-            yield from append()
-    book.release(queue)
-
-
-def _unified(book: Book, cfg: PlanConfig, latents: list[Latent], phase: str, iterations: int, stream: int,
-             groups: Iterator[int]) -> Generator[Event, object, None]:
-    """Official stage-2 / refine iterations: f0 windows with the dynamic offset, one group per iteration
-    (official Jacobi update; no window reads another's writes, so batching is exact)."""
-    for it in range(iterations):
-        group, stepped = next(groups), []
-        for start, count in dynamic_chunks(len(latents), cfg.window, cfg.stride, it):
-            inputs = latents[start : start + cfg.window]
-            call = book.call(phase, inputs, range(count), noise_stream=stream, group=group)
-            yield call
-            stepped.append((call, inputs))
-        for call, inputs in stepped:
-            book.advance(call, inputs)
-
-
 def plan_wan_miga(cfg: PlanConfig, num_latents: int) -> Generator[Event, object, None]:
-    """Events of an offline (official) Wan MIGA run emitting `num_latents` latents."""
+    """Events of an offline (official) Wan MIGA run emitting `num_latents` latents; the official output
+    drops the last f0 stage-2 latents (N <= n*L - f0), emitted here with keep=False."""
     check_latents(cfg, num_latents)
     book = Book(wan_miga_capacity(cfg, num_latents))
-    groups = itertools.count()
-    saved: list[Latent] = []
-
-    def keep(block):
-        saved.extend(block)
-        return iter(())
-
-    yield from plan_stage1_wan(cfg, official_iterations(cfg, num_latents), book, keep, groups)
-    yield ResetHistory(_serials(saved), _slots(saved))
-    for lat in saved:
-        lat.level = cfg.end_level  # official off-by-one label: they are at end_level - 1
-    yield from _unified(book, cfg, saved, "stage2", cfg.end_level, NOISE_STEP_STAGE2, groups)
-    for lat in saved:
-        lat.level = cfg.refine_level
-    yield Renoise(_serials(saved), _slots(saved), cfg.refine_level)
-    yield from _unified(book, cfg, saved, "refine", cfg.refine_level + 1, NOISE_STEP_REFINE, groups)
-    for i, lat in enumerate(saved):  # the official output drops the last f0; N <= n*L - f0
-        yield Emit(lat.serial, lat.slot, keep=i < num_latents)
-    book.release(saved)
-
-
-def _finish_chunk(book: Book, cfg: PlanConfig, chunk: list[Latent], context: list[Latent]):
-    """Stage 2 + refine of one miga-stream chunk with the official Wan level path: reset history,
-    levels end_level..1 (official label), re-noise, refine_level..0; context re-noised per call."""
-    ctx = len(context)
-    yield ResetHistory(_serials(chunk), _slots(chunk))
-    passes = (("stage2", cfg.end_level, 1, NOISE_STEP_STAGE2), ("refine", cfg.refine_level, 0, NOISE_STEP_REFINE))
-    for phase, top, bottom, stream in passes:
-        for lat in chunk:
-            lat.level = top
-        if phase == "refine":
-            yield Renoise(_serials(chunk), _slots(chunk), top)
-        for level in range(top, bottom - 1, -1):
-            inputs = context + chunk
-            call = book.call(phase, inputs, range(ctx, ctx + len(chunk)), levels=[level] * len(inputs),
-                             noise_stream=stream, renoised=tuple(range(ctx)))
-            yield call
-            book.advance(call, inputs)
-
-
-def plan_wan_miga_stream(cfg: PlanConfig, num_latents: int) -> Generator[Event, object, None]:
-    """Wan stage 1 (official) with the bounded-memory chunked stage 2 of stream.py; nothing is dropped,
-    so N output latents need ceil(N/L) popped blocks."""
-    check_latents(cfg, num_latents)
-    book = Book(stream_capacity(cfg))
-    f0, ctx_len = cfg.window, cfg.context_len
-    pending: list[Latent] = []
-    context: list[Latent] = []
-    emitted = 0
-
-    def run(chunk: list[Latent]):
-        nonlocal context, emitted
-        ctx = context[len(context) - min(len(context), f0 - len(chunk)) :] if context else []
-        yield from _finish_chunk(book, cfg, chunk, ctx)
-        for lat in chunk:
-            yield Emit(lat.serial, lat.slot, keep=emitted < num_latents)
-            emitted += 1
-        keep = (context + chunk)[-ctx_len:]
-        book.release([x for x in context + chunk if x not in keep])
-        context = keep
-
-    def sink(block: list[Latent]):
-        pending.extend(block)
-        while pending and len(pending) >= (size := cfg.stream_chunk if context else min(f0, num_latents)):
-            chunk, pending[:size] = pending[:size], []
-            yield from run(chunk)
-
-    yield from plan_stage1_wan(cfg, math.ceil(num_latents / cfg.zigzag), book, sink, itertools.count())
-    while pending:
-        chunk, pending[: cfg.stream_chunk] = pending[: cfg.stream_chunk], []
-        yield from run(chunk)
-    book.release(context)
+    # one group counter for stage 1 and stage 2: group ids stay unique over the run
+    yield from plan_offline(cfg, num_latents, book, official_iterations(cfg, num_latents), itertools.count())

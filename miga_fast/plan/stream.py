@@ -1,8 +1,8 @@
 """miga-stream: MIGA with a bounded-memory, streaming stage 2 (ours; beyond the paper).
 
-Stage 1 is the official one (`miga.plan_stage1`). The official stage 2 holds every output latent
-until the end, so it is not infinite. Here popped latents wait in a pending list; as soon as a
-chunk is available it runs the whole stage 2 + refine on its own:
+For both families. Stage 1 is the family's official one (`miga.plan_stage1`). The official stage 2
+holds every output latent until the end, so it is not infinite. Here popped latents wait in a
+pending list; as soon as a chunk is available it runs the whole stage 2 + refine on its own:
 
 - chunk: the first chunk is min(f0, N) latents with no context; every later chunk is
   c = f0 - ctx new latents (fewer at the very end), and the window is completed to f0 with the
@@ -10,8 +10,10 @@ chunk is available it runs the whole stage 2 + refine on its own:
 - each context latent enters a call re-noised from its finished value to the chunk's level
   (fresh, deterministic noise per level), so every window sits at ONE level: the training
   condition stage 2 exists for;
-- the chunk takes e = end_level-1 unified steps (levels e..1), is re-noised to refine_level and
-  takes refine_level more steps, then is emitted; its last ctx latents become the next context.
+- the chunk follows the family's official stage-2 level path (`miga.stage2_passes`; VC2: e = end_level-1
+  unified steps, levels e..1, re-noise to refine_level, refine_level more steps; Wan: see miga_wan.py),
+  then is emitted; its last ctx latents become the next context. Nothing is dropped: N output latents
+  need ceil(N/L) popped blocks.
 
 Invariants (tested): windows never exceed f0; all levels in a window are equal; latents are
 emitted in serial order; live latents <= T*L + rollouts + f0 + L + ctx for any N.
@@ -20,12 +22,13 @@ Latency: a latent is emitted at most one chunk (c latents) after it leaves stage
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 
+from .book import Book, Latent
 from .config import PlanConfig, check_latents
-from .events import NOISE_STEP_REFINE, NOISE_STEP_STAGE2, Emit, Event, Renoise
-from .miga import plan_stage1, stage1_capacity
-from .queue import Book, Latent
+from .events import Emit, Event
+from .miga import plan_stage1, stage1_capacity, stage2_path
 
 
 def stream_capacity(cfg: PlanConfig) -> int:
@@ -34,30 +37,21 @@ def stream_capacity(cfg: PlanConfig) -> int:
 
 
 def _finish_chunk(book: Book, cfg: PlanConfig, chunk: list[Latent], context: list[Latent]):
+    """Stage 2 + refine of one chunk, one f0 window per level; the context is re-noised per call."""
     ctx = len(context)
-    renoised = tuple(range(ctx))
-    e = cfg.end_level - 1
-    for lat in chunk:
-        lat.level = e
-    passes = [("stage2", e, NOISE_STEP_STAGE2)]
-    if cfg.refine_level:
-        passes.append(("refine", cfg.refine_level, NOISE_STEP_REFINE))
-    for phase, top, stream in passes:
-        if phase == "refine":
-            for lat in chunk:
-                lat.level = top
-            yield Renoise(tuple(x.serial for x in chunk), tuple(x.slot for x in chunk), top)
-        last = cfg.final_step and (phase == "refine" or not cfg.refine_level)
-        for level in range(top, -1 if last else 0, -1):
-            inputs = context + chunk
-            call = book.call(phase, inputs, range(ctx, ctx + len(chunk)), levels=[level] * len(inputs),
-                             noise_stream=stream, renoised=renoised)
-            yield call
-            book.advance(call, inputs)
+
+    def step(phase: str, it: int, stream: int):
+        inputs = context + chunk
+        call = book.call(phase, inputs, range(ctx, ctx + len(chunk)), levels=[chunk[0].level] * len(inputs),
+                         noise_stream=stream, renoised=tuple(range(ctx)))
+        yield call
+        book.advance(call, inputs)
+
+    yield from stage2_path(cfg, chunk, step)
 
 
 def plan_miga_stream(cfg: PlanConfig, num_latents: int) -> Generator[Event, object, None]:
-    """Events of a miga-stream run emitting `num_latents` latents with bounded live latents."""
+    """Events of a miga-stream run (either family) emitting `num_latents` latents with bounded live latents."""
     check_latents(cfg, num_latents)
     book = Book(stream_capacity(cfg))
     f0, ctx_len = cfg.window, cfg.context_len
@@ -78,12 +72,11 @@ def plan_miga_stream(cfg: PlanConfig, num_latents: int) -> Generator[Event, obje
 
     def sink(block: list[Latent]):
         pending.extend(block)
-        while pending and len(pending) >= (cfg.stream_chunk if context else min(f0, num_latents)):
-            size = cfg.stream_chunk if context else min(f0, num_latents)
+        while pending and len(pending) >= (size := cfg.stream_chunk if context else min(f0, num_latents)):
             chunk, pending[:size] = pending[:size], []
             yield from run(chunk)
 
-    yield from plan_stage1(cfg, num_latents, book, sink)
+    yield from plan_stage1(cfg, math.ceil(num_latents / cfg.zigzag), book, sink)
     while pending:
         chunk, pending[: cfg.stream_chunk] = pending[: cfg.stream_chunk], []
         yield from run(chunk)

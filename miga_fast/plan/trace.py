@@ -14,7 +14,7 @@ from .config import PlanConfig
 from .events import Event, ModelCall, ReflectCheck, ReflectSelect
 from .fifo import fifo_capacity, plan_fifo
 from .miga import miga_capacity, plan_miga
-from .miga_wan import plan_wan_miga, plan_wan_miga_stream, wan_miga_capacity
+from .miga_wan import plan_wan_miga, wan_miga_capacity
 from .stream import plan_miga_stream, stream_capacity
 
 Decide = Callable[[Event], object]
@@ -24,7 +24,7 @@ def make_plan(cfg: PlanConfig, num_latents: int) -> Generator[Event, object, Non
     """The event generator for `cfg.family` and `cfg.mode`. Reflection events expect a reply via `send`."""
     cfg = cfg.validated()
     plans = {("vc2", "fifo"): plan_fifo, ("vc2", "miga"): plan_miga, ("vc2", "miga-stream"): plan_miga_stream,
-             ("wan", "miga"): plan_wan_miga, ("wan", "miga-stream"): plan_wan_miga_stream}
+             ("wan", "miga"): plan_wan_miga, ("wan", "miga-stream"): plan_miga_stream}
     return plans[cfg.family, cfg.mode](cfg, num_latents)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..video import to_uint8
 from .metrics import DIRECTION, all_metrics
 
 
@@ -118,11 +119,6 @@ def render_pack(gen, variant: Variant, videos: list[tuple[str, int]], frames: in
                          guidance_scale=guidance, cond=cond, uncond=uncond, seed=seed, device=gen.device,
                          dtype=gen.dtype)
     return torch.stack([unpack_latent(x, n) for x in engine.run(frames)], dim=1)
-
-
-def to_uint8(latents: torch.Tensor) -> np.ndarray:
-    """Latents [N, 3, H, W] in [-1, 1] -> uint8 frames [N, H, W, 3] (the pipeline's conversion)."""
-    return ((latents.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def render_and_score(model_path: str, variant: Variant, videos: list[tuple[str, int]], frames: int,

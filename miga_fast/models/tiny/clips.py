@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...pipeline import to_uint8
 from ...solvers import make_solver
-from ...video import contact_sheet
+from ...video import contact_sheet, to_uint8
 from ..load import tiny_bundle
 from .bundle import TinyVideoModel
 from .world import parse_prompt, render

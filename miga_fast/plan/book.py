@@ -1,4 +1,4 @@
-"""Shared planner bookkeeping: latent records, serial numbering and slot allocation."""
+"""Planner bookkeeping: latent records (`Latent`), serial numbering and ring-slot allocation (`Book`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,14 @@ class Latent:
 
     def __repr__(self) -> str:
         return f"Latent(serial={self.serial}, slot={self.slot}, level={self.level})"
+
+
+def serials(latents: Sequence[Latent]) -> tuple[int, ...]:
+    return tuple(x.serial for x in latents)
+
+
+def slots(latents: Sequence[Latent]) -> tuple[int, ...]:
+    return tuple(x.slot for x in latents)
 
 
 class Book:
@@ -43,8 +51,8 @@ class Book:
         """A model call over `inputs`; `levels` overrides the latents' own levels (FIFO padding)."""
         return ModelCall(
             phase=phase,
-            serials=tuple(x.serial for x in inputs),
-            slots=tuple(x.slot for x in inputs),
+            serials=serials(inputs),
+            slots=slots(inputs),
             levels=tuple(levels) if levels is not None else tuple(x.level for x in inputs),
             writes=tuple(writes),
             noise_stream=noise_stream,
