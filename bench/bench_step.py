@@ -1,6 +1,6 @@
 """Engine step benchmark: compile time per step kind, steady-state step time eager vs compile, recompiles.
 
-Each case runs one plan twice in the same process, in engine mode "eager" (the reference per-call path)
+Each case runs one plan twice in the same process, in engine mode "eager" (the static step uncompiled)
 and "compile" (`torch.compile` of the static step, one per step kind), timing every model call (host
 input preparation + denoiser + solver + ring write: the whole `StaticStepper.execute`). Per step kind: the
 first compile-mode call (= compile time, cold caches unless --warm-cache), then medians and 20/80th
