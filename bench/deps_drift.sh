@@ -23,6 +23,7 @@ report=bench/results/deps/latest.md
   echo "| package | pinned (constraints/ci.txt) | newest resolved |"
   echo "|---|---|---|"
   pip freeze --exclude-editable | grep '==' | while IFS='=' read -r name _ version; do
+    version=${version%%+*}  # a local build label (torch 2.13.0+cpu) is not drift
     pinned=$(grep -i "^${name}==" constraints/ci.txt | cut -d= -f3)
     [ "$pinned" != "$version" ] && echo "| $name | ${pinned:-(not pinned)} | $version |"
   done
