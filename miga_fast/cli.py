@@ -8,7 +8,7 @@ import collections
 import math
 import sys
 
-from .errors import ConfigError
+from .errors import ConfigError, EngineError, RenderError
 from .plan import PRESETS, ModelCall, preset, trace_lines
 from .plan.config import PlanConfig
 from .plan.events import Emit
@@ -110,13 +110,20 @@ def cmd_render(args) -> int:
         raise ConfigError(f"--size must be HxW with H and W multiples of {gen.bundle.size_multiple} for this model "
                           f"({gen.family}, default {default}) (got {args.size!r})")
     # guidance / negative prompt / size / fps / scale left at None: the model's own values (VideoGenerator)
-    result = gen.render(args.output, args.prompt or "", args.frames, mode=args.mode, seed=args.seed, steps=args.steps,
-                        guidance_scale=args.guidance, negative_prompt=args.negative_prompt, size=size,
-                        prompt_schedule=args.prompt_schedule, reflection=args.reflection, fps=args.fps,
-                        scale=args.scale, engine_mode=args.engine)
+    result = gen.render(args.output, args.prompt or None, args.frames, mode=args.mode, seed=args.seed,
+                        steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+                        size=size, prompt_schedule=args.prompt_schedule, reflection=args.reflection, fps=args.fps,
+                        scale=args.scale, engine_mode=args.engine, resume=args.resume,
+                        checkpoint_every=args.checkpoint_every)
+    if result.already_done:
+        print(f"{result.path} is already complete ({result.frames} frames): nothing to resume")
+        return 0
     state = "interrupted after" if result.interrupted else "wrote"
-    print(f"{state} {result.frames} frames to {result.path} in {result.seconds:.1f} s "
+    since = f" (resumed at frame {result.resumed_from})" if result.resumed_from else ""
+    print(f"{state} {result.frames} frames to {result.path}{since} in {result.seconds:.1f} s "
           f"({result.fps:.2f} frames/s, mode {args.mode})")
+    if result.interrupted:
+        print(f"resume with the same command and --resume (checkpoint: {result.path}.ckpt/)")
     return 130 if result.interrupted else 0
 
 
@@ -186,7 +193,7 @@ def _add_export(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="miga-fast", description=__doc__)
+    parser = _Parser(prog="miga-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("render", help="render a long video with the bundled model (or --model PATH: a VideoCrafter2 "
                        "checkpoint or a diffusers Wan2.1 folder)",
@@ -214,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--engine", default="eager", choices=["eager", "compile", "graph"],
                    help="eager; compile (torch.compile of the fixed-shape step); graph (CUDA graphs, CUDA only)")
+    p.add_argument("--resume", action="store_true", help="go on from the checkpoint of an interrupted render of -o "
+                   "(OUTPUT.ckpt/); the video equals an uninterrupted one. A finished render: says so, exits 0")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="frames between checkpoints of the queue state "
+                   "(mp4 only; default 64; 0: none, the file is written directly); also on SIGINT / SIGTERM")
     p.add_argument("--fps", type=int, help="frame rate of the saved video (default: the model's: bundled 12, "
                    "Wan2.1 16, VideoCrafter2 8)")
     p.add_argument("--scale", type=int, help="integer upscaling of the saved frames (default: the model's: "
@@ -261,13 +272,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library argument names -> the render flags a CLI user typed (an error names what the user wrote).
+FLAGS = {"guidance_scale": "--guidance", "steps": "--steps", "frames": "--frames", "seed": "--seed", "fps": "--fps",
+         "scale": "--scale", "checkpoint_every": "--checkpoint-every", "size": "--size", "engine_mode": "--engine",
+         "negative_prompt": "--negative-prompt", "device": "--device", "prompt": "the prompt", "mode": "--mode",
+         "resume": "--resume"}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    name, sep, rest = text.partition(" must ")
+    return f"{FLAGS[name]} must {rest}" if sep and name in FLAGS else text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (`miga-fast: error: ...`), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"miga-fast: error: {self.prog.removeprefix('miga-fast ')}: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, GraphUnavailable) as exc:
-        parser.exit(2, f"miga-fast: error: {exc}\n")
+    except (ConfigError, FileNotFoundError, GraphUnavailable) as exc:  # bad input: nothing was done
+        parser.exit(2, f"miga-fast: error: {_one_line(exc)}\n")
+    except (EngineError, RenderError) as exc:  # the run broke (NaN, disk full): what was kept is in the message
+        parser.exit(1, f"miga-fast: error: {_one_line(exc)}\n")
+    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint is kept
+        parser.exit(130, "miga-fast: aborted (the last checkpoint is kept: run again with --resume)\n")
     except BrokenPipeError:  # `miga-fast trace | head`
         return 0
 

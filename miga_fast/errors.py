@@ -13,3 +13,16 @@ def require(condition: bool, argument: str, allowed: str, got) -> None:
 
 class EngineError(RuntimeError):
     """The denoiser, the plan or the input broke an engine invariant (the message says which)."""
+
+
+class NonFiniteError(EngineError):
+    """The denoiser returned NaN/Inf; the message names the model call (phase, serials, levels)."""
+
+
+class CheckpointError(ConfigError):
+    """A render checkpoint is corrupt, truncated, of another format version, or of another model / config / render
+    (the message says which); nothing was resumed."""
+
+
+class RenderError(RuntimeError):
+    """Writing a render failed (disk full, folder not writable, ...); the message says what was kept."""

@@ -34,9 +34,9 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 
 class VideoWriter:
-    """`append(frame uint8 [H, W, 3])` ... `close()`; a context manager."""
+    """`append(frame uint8 [H, W, 3])` ... `close()`; a context manager. ffmpeg_params: extra encoder options (mp4)."""
 
-    def __init__(self, path: str | os.PathLike, fps: int = 12, scale: int = 1):
+    def __init__(self, path: str | os.PathLike, fps: int = 12, scale: int = 1, ffmpeg_params: list[str] | None = None):
         self.path = check_output_path(path)
         self.fps, self.scale, self.frames = fps, scale, 0
         self._gif: list = []
@@ -48,7 +48,8 @@ class VideoWriter:
                 raise ImportError("mp4 output needs imageio and imageio-ffmpeg: "
                                   "pip install 'miga_fast[video]' (or write a .gif)") from exc
             self._writer = imageio.get_writer(str(self.path), fps=fps, codec="libx264", quality=8,
-                                              macro_block_size=1, ffmpeg_log_level="error")
+                                              macro_block_size=1, ffmpeg_log_level="error",
+                                              output_params=list(ffmpeg_params or []))
 
     def append(self, frame: np.ndarray) -> None:
         if self.scale > 1:

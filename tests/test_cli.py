@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import miga_fast.pipeline as pipeline
+import miga_fast.render as render
 import miga_fast.runtime.factory as factory
 from miga_fast.cli import build_parser, main
 from miga_fast.pipeline import VideoGenerator
@@ -23,7 +24,7 @@ class FakeEngine:
         self.latent_shape = latent_shape
         FakeEngine.calls.append(dict(kw, latent_shape=latent_shape))
 
-    def run(self, num_latents, on_event=None):
+    def run(self, num_latents, on_event=None, resume=None):
         for _ in range(num_latents):
             yield torch.zeros(self.latent_shape)
 
@@ -55,7 +56,7 @@ def fakes(monkeypatch):
     """Engine + VideoWriter stand-ins in the pipeline; render()/stream() themselves run for real."""
     FakeEngine.calls, FakeWriter.calls = [], []
     monkeypatch.setattr(factory, "Engine", FakeEngine)
-    monkeypatch.setattr(pipeline, "VideoWriter", FakeWriter)
+    monkeypatch.setattr(render, "VideoWriter", FakeWriter)
     return FakeEngine.calls, FakeWriter.calls
 
 

@@ -76,6 +76,13 @@ class StreamDecoder(abc.ABC):
         """Frames still held back at the end of the stream (none for the codecs here)."""
         return []
 
+    def state(self) -> dict:
+        """What the next `push` depends on, as host data (tensors copied to the CPU): saved in render checkpoints."""
+        return {}
+
+    def load_state(self, state: dict) -> None:  # noqa: B027 (stateless by default)
+        """Go on from a `state()` of a decoder of the same codec."""
+
 
 class _PerLatentDecoder(StreamDecoder):
     """For codecs without temporal state: each latent decodes on its own."""
@@ -224,6 +231,17 @@ class _WanStreamDecoder(StreamDecoder):
         self.first = False
         out = c.unpatchify(out).clamp(-1.0, 1.0)
         return list(out[0].unbind(1))
+
+    def state(self) -> dict:
+        cache = [t.cpu().clone() if isinstance(t, Tensor) else t for t in self.cache]
+        return {"cache": cache, "first": self.first}
+
+    def load_state(self, state: dict) -> None:
+        if len(state["cache"]) != len(self.cache):
+            raise ValueError(f"decoder state has {len(state['cache'])} cache entries, this VAE {len(self.cache)}")
+        device = self.codec.mean.device
+        self.cache = [t.to(device) if isinstance(t, Tensor) else t for t in state["cache"]]
+        self.first = bool(state["first"])
 
     def cache_numel(self) -> int:
         """Elements held in the feature cache (constant after the second latent)."""

@@ -8,12 +8,12 @@ guidance_scale 1 skips the uncond half.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, EngineError, require
+from ..errors import ConfigError, EngineError, NonFiniteError, require
 from ..plan import (
     Emit,
     Event,
@@ -47,6 +47,29 @@ class EngineStats:
     reflection_checks: int = 0
     reflection_triggers: int = 0
     reflection_accepts: int = 0
+
+
+@dataclass
+class EngineState:
+    """Everything a run needs to go on exactly from an emitted latent (see `Engine.snapshot`).
+
+    Tensors: `latents` [capacity, C, H, W] and `solver_state` (rows [capacity, ...]) are the plan's ring slots
+    (the dump slot and any rows a longer earlier video added are not saved), `base` [f0, C, H, W] the base clip,
+    `last_score` the reflection score (0-d, or None). Host data: `cursor` = plan events consumed, `replies` = the
+    replies sent for reflection events so far (in order: replaying the pure plan with them restores the planner's
+    position), `owner` = slot -> serial of live latents, `stats`, `seed` and `num_latents` of the run.
+    """
+
+    latents: Tensor
+    solver_state: dict[str, Tensor]
+    base: Tensor
+    last_score: Tensor | None
+    cursor: int
+    replies: list
+    owner: dict[int, int]
+    stats: dict
+    seed: int
+    num_latents: int
 
 
 class Engine:
@@ -85,7 +108,8 @@ class Engine:
         self.guidance_scale, self.window_batch = float(guidance_scale), window_batch
         self.fused = tables is not None if fused is None else fused
         self.ring: LatentRing | None = None
-        self._finite = torch.ones((), dtype=torch.bool, device=self.device)  # sticky NaN/Inf flag of a run
+        self._unchecked: list[tuple[list[ModelCall], Tensor]] = []  # calls (and their finite flag) since the last check
+        self._calls = 0  # model calls of the current run (names a failing one)
         self._held = None
         self._cond_bufs: dict[int, Tensor] = {}  # batch -> [B or 2B, S, D], refreshed in place
         self.mode, self.mode_why = select_mode(mode, self.device)
@@ -192,26 +216,33 @@ class Engine:
 
     # ---------------------------------------------------------------- running a plan
     def run(self, num_latents: int, base: Tensor | None = None, decide=None,
-            on_event: Callable[[Event], None] | None = None) -> Iterator[Tensor]:
+            on_event: Callable[[Event], None] | None = None, resume: EngineState | None = None) -> Iterator[Tensor]:
         """Generate `num_latents` output latents, yielded in order as [C, H, W] tensors.
 
         base: the clean base clip [f0, C, H, W] (sampled with `sample_base` when None).
         decide: optional override for reflection decisions (tests); on_event: progress hook.
+        resume: a `snapshot()` of a run of the same plan, seed and denoiser: the run goes on after the latent that
+        snapshot was taken at, exactly as if it had never stopped (the next yield is the latent after it).
         """
         cfg = self.cfg
         plan = make_plan(cfg, num_latents)  # validates num_latents
-        self._ensure_ring(ring_capacity(cfg, num_latents) + 1)  # + the static step's dump slot
-        self._finite.fill_(True)
+        self._capacity = ring_capacity(cfg, num_latents)
+        self._ensure_ring(self._capacity + 1)  # + the static step's dump slot
+        self._unchecked, self._calls = [], 0
         self._held: list[tuple[Tensor, Tensor]] | None = None  # writes of a group split over batches
-        if base is None:
-            base = self.sample_base()
-            self._require_finite("the base clip was sampled")
-        if tuple(base.shape) != (cfg.window, *self.latent_shape):
-            raise EngineError(f"base clip must have shape {(cfg.window, *self.latent_shape)} "
-                              f"[f0, C, H, W] (got {tuple(base.shape)})")
-        self._base = base.to(self.device, self.dtype)
-        self._owner = {}  # slot -> serial living there (host-side plan validation)
-        self._last_score: Tensor | None = None
+        self._cursor, self._replies, self._num_latents = 0, [], num_latents
+        if resume is not None:
+            self._restore(plan, resume)
+        else:
+            if base is None:
+                base = self.sample_base()
+                self._require_finite("the base clip was sampled")
+            if tuple(base.shape) != (cfg.window, *self.latent_shape):
+                raise EngineError(f"base clip must have shape {(cfg.window, *self.latent_shape)} "
+                                  f"[f0, C, H, W] (got {tuple(base.shape)})")
+            self._base = base.to(self.device, self.dtype)
+            self._owner = {}  # slot -> serial living there (host-side plan validation)
+            self._last_score: Tensor | None = None
         pending: list[ModelCall] = []
         reply = None
         while True:
@@ -219,6 +250,7 @@ class Engine:
                 event = plan.send(reply)
             except StopIteration:
                 break
+            self._cursor += 1
             reply = None
             if isinstance(event, ModelCall) and event.group >= 0:
                 if pending and pending[0].group != event.group:
@@ -251,10 +283,54 @@ class Engine:
                     yield out
             elif isinstance(event, ReflectCheck):
                 reply = decide(event) if decide else self._reflect_check(event)
+                self._replies.append(reply)
             elif isinstance(event, ReflectSelect):
                 reply = decide(event) if decide else self._reflect_select(event)
+                self._replies.append(reply)
             if on_event is not None and isinstance(event, IterationEnd | Emit):
                 on_event(event)
+
+    # ---------------------------------------------------------------- stopping and going on
+    def snapshot(self) -> EngineState:
+        """The run's state, taken while `run` is suspended at a yielded latent (the only points where no group is
+        half done); device tensors are copied to the host. Its size is fixed by the ring, not by the video length
+        (but for `replies`: one small int or bool per reflection decision so far)."""
+        if self._held is not None:
+            raise EngineError("snapshot() is only valid between yielded latents of a run")
+        cap = self._capacity
+        host = {k: v[:cap].cpu().clone() if v.dim() and v.shape[0] == self.ring.capacity else v.cpu().clone()
+                for k, v in self.ring.state.items()}
+        return EngineState(self.ring.latents[:cap].cpu().clone(), host, self._base.cpu().clone(),
+                           None if self._last_score is None else self._last_score.detach().cpu().clone(),
+                           self._cursor, list(self._replies), dict(self._owner), asdict(self.stats),
+                           self.noise.seed, self._num_latents)
+
+    def _restore(self, plan, state: EngineState) -> None:
+        """Replay the (pure, tensor-free) plan up to the snapshot's cursor with its recorded replies, then load the
+        ring, solver history, base clip and host bookkeeping."""
+        if state.num_latents != self._num_latents or state.seed != self.noise.seed:
+            raise EngineError(f"resume: the snapshot is of a run of {state.num_latents} latents with seed "
+                              f"{state.seed} (this run: {self._num_latents} latents, seed {self.noise.seed})")
+        if tuple(state.latents.shape) != (self._capacity, *self.latent_shape):
+            raise EngineError(f"resume: snapshot ring {tuple(state.latents.shape)} does not fit this plan's "
+                              f"{(self._capacity, *self.latent_shape)}")
+        replies, reply, event = iter(state.replies), None, None
+        for _ in range(state.cursor):
+            try:
+                event = plan.send(reply)
+            except StopIteration as exc:
+                raise EngineError(f"resume: the plan ends before the snapshot's event {state.cursor}") from exc
+            reply = next(replies) if isinstance(event, ReflectCheck | ReflectSelect) else None
+        if not isinstance(event, Emit) or reply is not None:
+            raise EngineError("resume: the snapshot was not taken at an emitted latent of this plan")
+        self._cursor, self._replies = state.cursor, list(state.replies)
+        self.ring.latents[: self._capacity].copy_(state.latents)
+        for k, v in self.ring.state.items():
+            (v[: self._capacity] if v.dim() and v.shape[0] == self.ring.capacity else v).copy_(state.solver_state[k])
+        self._base = state.base.to(self.device, self.dtype)
+        self._last_score = None if state.last_score is None else state.last_score.to(self.device)
+        self._owner = {int(k): int(v) for k, v in state.owner.items()}
+        self.stats = EngineStats(**state.stats)
 
     # ---------------------------------------------------------------- event handlers
     def _check_live(self, serials, slots) -> None:
@@ -293,9 +369,22 @@ class Engine:
         return self.ring.latents[ev.slot].clone()
 
     def _require_finite(self, when: str) -> None:
-        if not bool(self._finite):
-            raise EngineError(f"the denoiser produced non-finite values (NaN/Inf) before {when}; "
-                              "check the model weights, dtype and inputs")
+        """One host read per check: raise naming the first call since the last check whose output was not finite."""
+        if not self._unchecked:
+            return
+        calls, flags = zip(*self._unchecked, strict=True)
+        self._unchecked = []
+        ok = torch.stack(flags)
+        if bool(ok.all()):
+            return
+        first = int((~ok).nonzero()[0])
+        index = self._calls - len(flags) + first + 1
+        c = calls[first]
+        serials = [x.serials for x in c]
+        levels = [x.levels for x in c]
+        raise NonFiniteError(f"the denoiser produced non-finite values (NaN/Inf) in model call {index} of this run "
+                             f"(phase {c[0].phase}, windows {len(c)}, serials {serials}, levels {levels}), before "
+                             f"{when}; no frame of it was emitted. Check the model weights, dtype and inputs")
 
     def _execute_group_end(self, calls: list[ModelCall]) -> None:
         """Run the last batch of a group, then write back the batches held for it."""
@@ -313,7 +402,8 @@ class Engine:
     def _step(self, calls: list[ModelCall], held: bool) -> None:
         finite, new = self.stepper.execute(calls, self.ring.latents, self.ring.state, self.conditions(len(calls)),
                                            held)
-        self._finite &= finite
+        self._calls += 1
+        self._unchecked.append((calls, finite.clone()))  # a graph's output buffer is reused by its next replay
         if new is not None:
             self._held.append(new)
         self.stats.model_calls += 1
