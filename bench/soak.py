@@ -15,6 +15,7 @@ over the run).
     python bench/soak.py --quick                                 # toy model, 300 latents: seconds
     python bench/soak.py --model toy --latents 10000             # minutes
     python bench/soak.py --model bundled --latents 10000         # the bundled model: ~40 min on 2 CPU cores
+    python bench/soak.py --kill-every 1000 --latents 10000       # fault mode: killed and resumed (soak_faults.py)
 """
 
 from __future__ import annotations
@@ -145,8 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-dir", type=Path, default=None, help="default bench/results (--quick bench/results/quick)")
+    p.add_argument("--kill-every", type=int, default=0, metavar="K", help="fault mode (bench/soak_faults.py): a "
+                   "resumable render of --latents frames killed every K frames, vs uninterrupted")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="fault mode: frames between checkpoints")
     args = p.parse_args(argv)
     q = args.quick
+    if args.kill_every:
+        import soak_faults
+
+        args.latents = args.latents or 10000
+        return soak_faults.run(args, args.out_dir or RESULTS / "faults")
     args.latents = args.latents or (300 if q else 10000)
     args.every = args.every or (20 if q else 100)
     args.model = args.model or ("toy" if q else "bundled")

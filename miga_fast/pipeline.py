@@ -151,7 +151,13 @@ class VideoGenerator:
             overrides["num_steps"] = steps
         if reflection is not None:
             overrides["reflection"] = reflection
-        return preset(f"{self.family}-{mode}", **overrides)
+        try:
+            return preset(f"{self.family}-{mode}", **overrides)
+        except ConfigError as exc:
+            if not overrides:
+                raise
+            given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+            raise ConfigError(f"{given} does not fit the {self.family}-{mode} preset: {exc}") from exc
 
     def encode(self, prompt: str) -> torch.Tensor:
         """Text embedding [1, S, D] on the engine's device and dtype, computed once per prompt."""
@@ -187,6 +193,7 @@ class VideoGenerator:
             require(isinstance(size, tuple | list) and len(size) == 2 and all(map(_is_int, size)), "size",
                     "(H, W), two integers", size)
             size = tuple(size)
+            require(0 < min(size) and max(size) <= MAX_SIDE, "size", f"(H, W) with 0 < H, W <= {MAX_SIDE}", size)
             self.bundle.latent_shape(size)  # validates the multiples
         require(negative_prompt is None or isinstance(negative_prompt, str), "negative_prompt", "a string",
                 negative_prompt)
@@ -260,6 +267,7 @@ class VideoGenerator:
 
 
 MAX_FRAMES = 10**9  # a bound for typos (1e12 frames would run for centuries), not for memory: that is constant
+MAX_SIDE = 8192  # frame height / width bound: a typo there would allocate the ring for a gigapixel video
 
 
 def _is_int(x) -> bool:

@@ -253,7 +253,9 @@ class _Resumable:
                 if not frames.at_latent_end:
                     continue
                 if frames.done - last_cut >= every and frames.done < req.frames:
+                    t0 = time.perf_counter()
                     video.cut()
+                    self.checkpoint_seconds += time.perf_counter() - t0  # the cut is part of the checkpoint's cost
                     last_cut = frames.done
                     self._save(frames.state(), video, frames.done)
                 if self.hooks.stop_requested() and frames.done < req.frames:

@@ -38,3 +38,27 @@ def test_verdicts():
     assert nan["no_nan"] == "FAIL"
     short = soak.verdicts(_rows([300] * 3), 800, 0.1, 4.0, "rss_peak_interval_mb")  # stopped early
     assert short["no_nan"] == "FAIL"
+
+
+def test_fault_soak_counts_lost_and_duplicated_frames():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(soak.__file__).parent))  # soak_faults imports its neighbour common.py
+    from bench.soak_faults import align
+
+    ref = list("abcdef")
+    assert align(ref, ref) == (0, 0)
+    assert align(ref, list("abdef")) == (1, 0)
+    assert align(ref, list("abccdef")) == (0, 1)
+    assert align(ref, list("abc")) == (3, 0)
+    assert align(ref, list("abcdefx")) == (0, 1)
+
+
+def test_quick_fault_soak_loses_nothing(tmp_path):
+    assert soak.main(["--kill-every", "40", "--latents", "100", "--checkpoint-every", "16",
+                      "--out-dir", str(tmp_path)]) == 0
+    import json
+
+    row = json.loads((tmp_path / "soak_faults.json").read_text())
+    assert row["frames_lost"] == row["frames_duplicated"] == 0 and row["kills"] >= 1 and row["identical_file"]
