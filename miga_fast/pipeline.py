@@ -15,13 +15,13 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, EngineError, require
 from .plan import MODES, PRESETS, IterationEnd, PlanConfig, preset
+from .render import RenderResult, render_video
 from .runtime import Engine
 from .runtime.factory import make_engine
 from .runtime.modes import ENGINE_MODES, GraphUnavailable, unavailable_reason
@@ -41,28 +41,6 @@ def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
     if any(b[0] <= a[0] for a, b in zip(items, items[1:], strict=False)):
         raise ConfigError("prompt schedule frames must be strictly increasing")
     return items
-
-
-@dataclass
-class RenderResult:
-    """`frames`: frames in the file; `rendered`: frames rendered by this call (after `resumed_from`)."""
-
-    path: Path
-    frames: int
-    seconds: float
-    interrupted: bool = False
-    resumed_from: int = 0
-    already_done: bool = False
-    checkpoints: int = 0
-    checkpoint_seconds: float = 0.0
-
-    @property
-    def rendered(self) -> int:
-        return self.frames - self.resumed_from
-
-    @property
-    def fps(self) -> float:
-        return self.rendered / max(self.seconds, 1e-9)
 
 
 class VideoGenerator:
@@ -259,8 +237,6 @@ class VideoGenerator:
         interruption. gif: written at the end, not resumable. on_frame(index, frame) and callback(frames_done) are
         called after every frame. See `miga_fast.render`.
         """
-        from .render import render_video
-
         req = self.request(prompt, frames, **kw)
         return render_video(self, req, path, fps=fps, scale=scale, progress=progress, resume=resume,
                             checkpoint_every=checkpoint_every, stop=stop, on_frame=on_frame, callback=callback)

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,28 @@ def checkpoint_dir(path: Path) -> Path:
     return path.with_name(path.name + ".ckpt")
 
 
+@dataclass
+class RenderResult:
+    """`frames`: frames in the file; `rendered`: frames rendered by this call (after `resumed_from`)."""
+
+    path: Path
+    frames: int
+    seconds: float
+    interrupted: bool = False
+    resumed_from: int = 0
+    already_done: bool = False
+    checkpoints: int = 0
+    checkpoint_seconds: float = 0.0
+
+    @property
+    def rendered(self) -> int:
+        return self.frames - self.resumed_from
+
+    @property
+    def fps(self) -> float:
+        return self.rendered / max(self.seconds, 1e-9)
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -54,8 +77,6 @@ def render_video(gen, req, path, *, fps: int | None = None, scale: int | None = 
                  on_frame: Callable[[int, np.ndarray], None] | None = None,
                  callback: Callable[[int], None] | None = None):
     """Render `req` (a validated `VideoRequest` of `gen`) to `path`; see `VideoGenerator.render`."""
-    from .pipeline import RenderResult
-
     path = check_output_path(path)
     fps = gen.bundle.fps if fps is None else fps
     scale = gen.bundle.render_scale if scale is None else scale
@@ -74,8 +95,8 @@ def render_video(gen, req, path, *, fps: int | None = None, scale: int | None = 
         raise ConfigError("resume needs checkpoints: checkpoint_every must be > 0")
     hooks = _Hooks(progress, req.frames, on_frame, callback, stop)
     if gif or every == 0:
-        return _render_direct(gen, req, path, fps, scale, hooks, RenderResult)
-    return _Resumable(gen, req, path, fps, scale, every, hooks, RenderResult).run(resume)
+        return _render_direct(gen, req, path, fps, scale, hooks)
+    return _Resumable(gen, req, path, fps, scale, every, hooks).run(resume)
 
 
 class _Hooks:
@@ -130,7 +151,7 @@ class _Hooks:
                 signal.signal(s, h)
 
 
-def _render_direct(gen, req, path, fps, scale, hooks, result_type):
+def _render_direct(gen, req, path, fps, scale, hooks):
     """gif, or mp4 without checkpoints: frames straight into the file; on Ctrl-C it keeps every frame so far."""
     start, count, interrupted = time.perf_counter(), 0, False
     hooks.start(0)
@@ -145,13 +166,12 @@ def _render_direct(gen, req, path, fps, scale, hooks, result_type):
                 interrupted = True
     finally:
         hooks.close()
-    return result_type(path, count, time.perf_counter() - start, interrupted)
+    return RenderResult(path, count, time.perf_counter() - start, interrupted)
 
 
 class _Resumable:
-    def __init__(self, gen, req, path: Path, fps: int, scale: int, every: int, hooks: _Hooks, result_type):
-        self.gen, self.req, self.path, self.every, self.hooks, self.result_type = gen, req, path, every, hooks, \
-            result_type
+    def __init__(self, gen, req, path: Path, fps: int, scale: int, every: int, hooks: _Hooks):
+        self.gen, self.req, self.path, self.every, self.hooks = gen, req, path, every, hooks
         self.folder = checkpoint_dir(path)
         self.file = self.folder / "state.ckpt"
         self.fps, self.scale = fps, scale
@@ -189,7 +209,6 @@ class _Resumable:
 
     # ------------------------------------------------------------ the render
     def run(self, resume: bool):
-        result = self.result_type
         if self.file.exists():
             if not resume:
                 raise ConfigError(f"{str(self.folder)!r} holds the checkpoint of an unfinished render of "
@@ -199,7 +218,7 @@ class _Resumable:
             import imageio_ffmpeg
 
             frames = imageio_ffmpeg.count_frames_and_secs(str(self.path))[0]
-            return result(self.path, frames, 0.0, resumed_from=frames, already_done=True)
+            return RenderResult(self.path, frames, 0.0, resumed_from=frames, already_done=True)
         else:
             payload = {"stream": None, "segments": 0, "pending": None, "frames": 0}
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -231,7 +250,7 @@ class _Resumable:
         seconds = time.perf_counter() - start
         if not interrupted:
             shutil.rmtree(self.folder)
-        return result(self.path, self.frames_written, seconds, interrupted is not None, resumed, False,
+        return RenderResult(self.path, self.frames_written, seconds, interrupted is not None, resumed, False,
                       self.checkpoints, self.checkpoint_seconds)
 
     def _loop(self, video: SegmentedVideo, state: dict | None, pending: int) -> int | None:

@@ -51,6 +51,15 @@ def run_until(weights, out, segments, sig, rng):
     return proc.returncode, stdout, stderr
 
 
+def assert_preview(frames, reference):
+    """The file written on a stop: its closed segments are the uninterrupted render's bytes, so their frames are
+    equal; the frames since the last cut are one more (shorter) encode of the same frames, so only close."""
+    closed = len(frames) // EVERY * EVERY
+    assert all(np.array_equal(a, b) for a, b in zip(frames[:closed], reference, strict=False))
+    for a, b in zip(frames[closed:], reference[closed:], strict=False):
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 4.0
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["KILL", "INT", "TERM"])
 def test_killed_again_and_again_then_resumed_equals_the_uninterrupted_render(weights, reference, tmp_path, sig):
     rng = random.Random(int(sig))
@@ -64,7 +73,7 @@ def test_killed_again_and_again_then_resumed_equals_the_uninterrupted_render(wei
             assert "--resume" in stdout
             frames = read_frames(out)
             assert 0 < len(frames) < FRAMES
-            assert all(np.array_equal(a, b) for a, b in zip(frames, reference, strict=False))
+            assert_preview(frames, reference)
         else:  # the render finished before the signal arrived: nothing to check here
             assert code == 0, stderr
     proc = subprocess.run(command(weights, out, "--resume"), env=ENV, capture_output=True, text=True)
