@@ -153,14 +153,88 @@ def load_wan(folder: Path, device="cpu", dtype: torch.dtype = torch.float32) -> 
         raise FileNotFoundError(f"Wan folder {folder} lacks component folder(s) {missing} "
                                 f"(needs {', '.join(n + '/' for n in WAN_COMPONENTS)})")
     dit = WanDiT.from_pretrained(folder / "transformer", device, dtype)
-    codec = WanVAECodec(_diffusers_load("AutoencoderKLWan", folder / "vae")).to(device)
+    vae = _diffusers_load("AutoencoderKLWan", folder / "vae").to(device)
     try:
         text = UMT5TextEncoder.from_pretrained(folder / "text_encoder", folder / "tokenizer", device, dtype)
     except OSError as err:  # transformers' "no file named ..." errors
         raise FileNotFoundError(f"Wan folder {folder}: cannot load text_encoder/ + tokenizer/ ({err})") from None
-    _check_text_width(folder, text.model.config.d_model, dit.config.text_dim)
-    patch = dit.config.patch_size
-    return ModelBundle(denoise=dit.denoise, codec=codec, text=text, family="wan", size=(480, 832),
+    return wan_bundle_from_modules(dit, vae, text.model, text.tokenizer, where=folder)
+
+
+def wan_dit_from_diffusers(transformer: nn.Module) -> nn.Module:
+    """Our WanDiT over a diffusers ``WanTransformer3DModel``'s own Parameter objects (no copy: same storage, and
+    moving or casting the diffusers module in place moves this one too). Names and shapes are diffusers', so any
+    mismatch (a Wan2.2 / I2V variant) raises one ValueError naming it."""
+    from .wan import WanConfig, WanDiT
+
+    config = WanConfig.from_dict(dict(transformer.config))
+    with torch.device("meta"):  # no allocation: every parameter is replaced by the diffusers one below
+        dit = WanDiT(config)
+    ours = dict(dit.named_parameters())
+    theirs = dict(transformer.named_parameters())
+    missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+    shapes = [k for k in ours.keys() & theirs.keys() if ours[k].shape != theirs[k].shape]
+    if missing or unexpected or shapes or any(True for _ in dit.buffers()):
+        raise ValueError(f"WanTransformer3DModel parameters do not match WanDiT: missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}, wrong shape {sorted(shapes)[:3]}")
+    for name, param in theirs.items():
+        owner, _, leaf = name.rpartition(".")
+        dit.get_submodule(owner)._parameters[leaf] = param
+    return dit.eval()
+
+
+class DiffusersWanDenoiser:
+    """diffusers' own ``WanTransformer3DModel.forward`` behind the engine contract: per-frame t [B, F] expanded
+    to per-token t [B, F*H'*W'] (the Wan2.2 TI2V timestep path), so diffusers builds [B, tokens, 6, dim] adaLN
+    tensors. Kept as the measured alternative to `wan_dit_from_diffusers` (bench/diffusers_denoiser.py)."""
+
+    def __init__(self, transformer: nn.Module):
+        self.transformer = transformer
+        self.patch = tuple(transformer.config.patch_size)
+
+    @torch.no_grad()
+    def denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """x [B, C, F, H, W], t [B, F], cond [B, S, D] -> flow [B, C, F, H, W] in x's dtype."""
+        _, ph, pw = self.patch
+        tokens_per_frame = (x.shape[-2] // ph) * (x.shape[-1] // pw)
+        dtype = self.transformer.dtype
+        out = self.transformer(x.to(dtype), t.repeat_interleave(tokens_per_frame, dim=1), cond.to(dtype),
+                               return_dict=False)[0]
+        return out.to(x.dtype)
+
+
+WAN_DENOISERS = ("miga", "diffusers")
+
+
+def wan_bundle_from_modules(transformer: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer, *,
+                            where: str | Path = "Wan modules", denoiser: str = "miga",
+                            max_length: int = 512) -> ModelBundle:
+    """A Wan2.1 bundle over already loaded modules (the folder loader and `miga_fast.diffusers` both end here).
+
+    transformer: our WanDiT, or a diffusers WanTransformer3DModel run as `denoiser` says: "miga" (a WanDiT sharing
+    its parameters, per-frame modulation) or "diffusers" (`DiffusersWanDenoiser`). vae: a diffusers
+    AutoencoderKLWan (run in its own dtype); text_encoder + tokenizer: transformers' UMT5EncoderModel and its
+    tokenizer. Nothing is copied or moved except the codec's per-channel latent statistics (to the VAE's device).
+    """
+    from .text import UMT5TextEncoder
+    from .wan import WanDiT
+
+    require(denoiser in WAN_DENOISERS, "denoiser", f"one of {WAN_DENOISERS}", denoiser)
+    if isinstance(transformer, WanDiT):
+        require(denoiser == "miga", "denoiser", "'miga' for a WanDiT", denoiser)
+        dit, denoise = transformer, transformer.denoise
+    elif denoiser == "miga":
+        dit = wan_dit_from_diffusers(transformer)
+        denoise = dit.denoise
+    else:
+        dit, denoise = transformer, DiffusersWanDenoiser(transformer).denoise
+    config = dit.config
+    vae_device = next(vae.parameters()).device
+    codec = WanVAECodec(vae).to(vae_device)
+    text = UMT5TextEncoder(text_encoder, tokenizer, max_length)
+    _check_text_width(where, text_encoder.config.d_model, config.text_dim)
+    patch = config.patch_size
+    return ModelBundle(denoise=denoise, codec=codec, text=text, family="wan", size=(480, 832),
                        size_multiple=codec.scale_factor * math.lcm(patch[1], patch[2]), shift=5.0,
                        guidance_scale=5.0, negative_prompt=WAN_NEGATIVE_PROMPT, fps=16, module=dit)
 
@@ -196,7 +270,7 @@ def load_vc2(path: Path, device="cpu", dtype: torch.dtype = torch.float32, *, to
              unet_config=None) -> ModelBundle:
     """A VideoCrafter2 LVDM checkpoint: UNet (model.diffusion_model.*), KL-VAE (first_stage_model.*, run in fp32)
     and OpenCLIP text tower (cond_stage_model.model.*), plus a CLIP BPE tokenizer folder."""
-    from .text import OpenCLIPTextEncoder, OpenCLIPTextModel, load_clip_tokenizer
+    from .text import OpenCLIPTextModel, load_clip_tokenizer
     from .vc2_unet import VC2UNet
 
     state = _read_vc2_checkpoint(path)
@@ -218,8 +292,20 @@ def load_vc2(path: Path, device="cpu", dtype: torch.dtype = torch.float32, *, to
     unet = VC2UNet.from_checkpoint(state, unet_config, dtype, device=device)
     codec = KLVAECodec.from_ldm(parts["vae"], where=str(path)).to(device)
     text_model = OpenCLIPTextModel.from_state_dict(parts["text"], where=str(path), dtype=dtype).to(device)
-    text = OpenCLIPTextEncoder(text_model, clip_tokenizer, layer="penultimate")
-    _check_text_width(path, text_model.ln_final.normalized_shape[0], unet.config.context_dim)
+    return vc2_bundle_from_modules(unet, codec.vae, text_model, clip_tokenizer, where=path)
+
+
+def vc2_bundle_from_modules(unet: nn.Module, vae: nn.Module, text_model: nn.Module, tokenizer, *,
+                            where: str | Path = "VideoCrafter2 modules") -> ModelBundle:
+    """A VideoCrafter2 bundle over already loaded modules (the checkpoint loader and `miga_fast.diffusers` both end
+    here): our VC2UNet, a diffusers AutoencoderKL (its config's scaling_factor, 0.18215 from a checkpoint), our
+    OpenCLIPTextModel (penultimate layer) and a CLIP tokenizer. Nothing is copied."""
+    from .text import OpenCLIPTextEncoder
+
+    vae_device = next(vae.parameters()).device
+    codec = KLVAECodec(vae).to(vae_device)
+    text = OpenCLIPTextEncoder(text_model, tokenizer, layer="penultimate")
+    _check_text_width(where, text_model.ln_final.normalized_shape[0], unet.config.context_dim)
     return ModelBundle(denoise=unet.denoise, codec=codec, text=text, family="vc2", size=(320, 512),
                        size_multiple=codec.scale_factor * unet.config.downsample_factor, guidance_scale=12.0,
                        negative_prompt="", fps=8, module=unet)
