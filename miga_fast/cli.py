@@ -1,5 +1,5 @@
-"""`miga-fast` command line: render (the main job), sheet, trace (print a schedule), plan (summarise one),
-eval (quality study), bench (benchmarks of bench/)."""
+"""`miga-fast` command line: render (the main job), batch (a job file), sheet, trace (print a schedule), plan
+(summarise one), eval (quality study), bench (benchmarks of bench/)."""
 
 from __future__ import annotations
 
@@ -127,6 +127,31 @@ def cmd_render(args) -> int:
     return 130 if result.interrupted else 0
 
 
+def cmd_batch(args) -> int:
+    from .batch import BatchInterrupted, run
+    from .jobs import JobFileError
+
+    try:
+        rows = run(args.jobs, args.output, model=args.model, device=args.device, workers=args.workers,
+                   pack=args.pack, ray=args.ray, fail_fast=args.fail_fast, skip_invalid=args.skip_invalid,
+                   checkpoint_every=args.checkpoint_every, threads=args.threads)
+    except JobFileError as exc:  # every bad line, compiler-style, then nothing rendered
+        print("\n".join(exc.lines()), file=sys.stderr)
+        print(f"miga-fast: error: {len(exc.problems)} bad job(s); nothing was rendered (--skip-invalid renders the "
+              "rest)", file=sys.stderr)
+        return 2
+    except BatchInterrupted as exc:
+        print(f"miga-fast: batch interrupted: {exc}", file=sys.stderr)
+        return 130
+    counts = collections.Counter(r["status"] for r in rows)
+    print(f"{counts['done']} done, {counts['failed']} failed of {len(rows)} job(s); "
+          f"manifest: {args.output}/manifest.jsonl")
+    for r in rows:
+        if r["status"] == "failed":
+            print(f"  {args.jobs}:{r['line']}: {r['id']}: {r['error']}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
 def cmd_sheet(args) -> int:
     from PIL import Image
 
@@ -233,6 +258,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reflection", dest="reflection", action="store_true", default=None)
     g.add_argument("--no-reflection", dest="reflection", action="store_false")
     p.set_defaults(func=cmd_render)
+    p = sub.add_parser("batch", help="render every job of a JSONL / CSV job file into a folder, resumably",
+                       description="Render one video per job line (keys: prompt or prompt_schedule, frames, mode, "
+                       "seed, steps, guidance, size, negative_prompt, id) into OUTDIR/<id>.mp4, with "
+                       "OUTDIR/manifest.jsonl. Every line is checked before anything renders. Run the same "
+                       "command again after any interruption: finished jobs are skipped, unfinished ones resume.")
+    p.add_argument("jobs", help="a .jsonl (one JSON object per line) or .csv (header row) job file")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("--model", metavar="PATH", help="as for render (default: the bundled model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (or Ray actors with --ray)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the workers on Ray: 'local' starts one on this machine, "
+                   "else a cluster address (needs the [ray] extra)")
+    p.add_argument("--pack", type=int, default=1, metavar="V", help="videos per engine run (launch-bound devices; "
+                   "jobs with self-reflection or a prompt schedule render alone)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: the cores shared out)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="frames between checkpoints (default 64)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed job (default: record it, "
+                   "go on)")
+    p.add_argument("--skip-invalid", action="store_true", help="render the valid jobs of a file with bad lines")
+    p.set_defaults(func=cmd_batch)
     p = sub.add_parser("sheet", help="contact sheet (PNG grid of every Nth frame) of a video")
     p.add_argument("video")
     p.add_argument("output")
