@@ -10,140 +10,29 @@ A rerun skips every job whose video is finished, resumes half-finished ones from
 rest: no job is rendered twice, no finished video is overwritten. Jobs sharing a model and plan group run in a row
 on a worker, so its long-lived engine serves them all (`VideoGenerator` keeps idle engines per configuration).
 
-Workers: `workers=1` renders in this process; `workers=N` in N local processes (spawned; a process that dies
-has its job re-queued, resumed from its checkpoint); `ray="auto" | ADDRESS` on a Ray cluster (`pip install
-'miga_fast[ray]'`): one actor per worker, each holding the model, jobs dispatched as workers free up, a dead
-actor replaced and its job re-queued. `pack=V` renders V jobs of a group in one engine run (`runtime/batch.py`;
-for launch-bound devices): each packed video gets the keyed noise its own render would draw, so it equals that
-render up to float rounding of the wider batch; a pack has no checkpoints (a killed pack renders again).
+Workers (`batch_worker.py` is what each runs): `workers=1` renders in this process; `workers=N` in N local
+processes (spawned; a process that dies has its job re-queued, resumed from its checkpoint); `ray="local" |
+ADDRESS` on Ray (`batch_ray.py`, `pip install -e ".[ray]"`): one actor per worker, each holding the model, jobs
+dispatched as workers free up, a dead actor replaced and its job re-queued. `pack=V` renders up to V jobs of a
+group and length in one engine run (for launch-bound devices): each packed video gets the keyed noise its own
+render would draw, so it equals that render up to float rounding of the wider batch; a pack has no checkpoints
+(a killed pack renders again), and jobs with self-reflection or a prompt schedule render alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
+from .batch_worker import render_jobs, worker_generator
 from .errors import ConfigError, RenderError, require
 from .jobs import Job, JobFileError, check_jobs, read_jobs
 
 MANIFEST = "manifest.jsonl"
-
-
-# ---------------------------------------------------------------- the work of one worker
-_GENERATORS: dict = {}
-
-
-def _generator(model: str | None, device: str, threads: int | None):
-    from .models.tiny.bundle import DEFAULT_WEIGHTS
-    from .pipeline import load
-
-    if threads:
-        torch.set_num_threads(threads)
-    key = (str(model or DEFAULT_WEIGHTS), device)
-    if key not in _GENERATORS:
-        _GENERATORS[key] = load(key[0], device)
-    return _GENERATORS[key]
-
-
-def _peak_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the worker process's peak so far
-
-
-def render_jobs(model: str | None, device: str, threads: int | None, outdir: str, checkpoint_every: int | None,
-                jobs: list[Job]) -> list[dict]:
-    """Render `jobs` (one video, or a pack of several) in this process; one manifest row per job."""
-    gen = _generator(model, device, threads)
-    start = time.perf_counter()
-    try:
-        if len(jobs) == 1:
-            r = gen.render(Path(outdir) / f"{jobs[0].id}.mp4", progress=False, resume=True,
-                           checkpoint_every=checkpoint_every, **jobs[0].args)
-            done = [(jobs[0], r.frames, r.rendered, r.resumed_from)]
-            status = "interrupted" if r.interrupted else "done"
-        else:
-            done = [(job, n, n, 0) for job, n in render_pack(gen, jobs, Path(outdir))]
-            status = "done"
-        error = None
-    except Exception as exc:  # noqa: BLE001 (recorded in the manifest; the batch goes on)
-        done, error = [(job, 0, 0, 0) for job in jobs], f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    seconds = time.perf_counter() - start
-    rows = []
-    for job, frames, rendered, resumed in done:
-        rows.append({"id": job.id, "status": "failed" if error else status, "frames": frames,
-                     "seconds": round(seconds / len(jobs), 3), "fps": round(rendered * len(jobs) / seconds, 3)
-                     if rendered and not error else 0.0, "resumed_from": resumed, "packed": len(jobs),
-                     "peak_mb": round(_peak_mb(device), 1), "pid": os.getpid(), "digest": job.digest(),
-                     "config": dataclasses.asdict(gen.config(job.args.get("mode", "miga-stream"),
-                                                             job.args.get("steps"))),
-                     "weights": gen.weights_hash(), "error": error, "line": job.line})
-    return rows
-
-
-def render_pack(gen, jobs: list[Job], outdir: Path) -> list[tuple[Job, int]]:
-    """Jobs of one group in ONE packed engine run; each video is written atomically when complete."""
-    from .runtime.batch import PackedDenoiser, pack_conditions, unpack_latent
-    from .runtime.factory import make_engine
-    from .segments import concat
-    from .video import VideoWriter, check_output_path, to_uint8
-
-    reqs = [gen.request(**job.args) for job in jobs]
-    first = reqs[0]
-    v = len(reqs)
-    c, h, w = gen.bundle.latent_shape(first.size)
-    engine = make_engine(gen.bundle, first.cfg, denoise=PackedDenoiser(gen.bundle.denoise, v),
-                         latent_shape=(v * c, h, w), guidance_scale=first.guidance_scale,
-                         cond=pack_conditions([r.conds[0] for r in reqs]),
-                         uncond=pack_conditions([r.uncond for r in reqs]), seed=0, device=gen.device,
-                         dtype=gen.dtype)
-    engine.noise = PackedNoise([r.seed for r in reqs], gen.device, engine.noise.method)
-    frames = max(r.frames for r in reqs)
-    codec = gen.bundle.codec
-    decoders = [codec.stream_decoder() for _ in reqs]
-    tmp = [outdir / f".{job.id}.pack.mp4" for job in jobs]
-    writers = [VideoWriter(check_output_path(t), fps=gen.bundle.fps, scale=gen.bundle.render_scale) for t in tmp]
-    counts = [0] * v
-    try:
-        with torch.no_grad():
-            for latent in engine.run(codec.latents_for(frames)):
-                for i, lat in enumerate(unpack_latent(latent, v)):
-                    for frame in decoders[i].push(lat)[: reqs[i].frames - counts[i]]:
-                        writers[i].append(to_uint8(frame))
-                        counts[i] += 1
-    finally:
-        for wr in writers:
-            wr.close()
-    for t, job in zip(tmp, jobs, strict=True):  # stream copy through concat: fsync + atomic rename
-        concat([t], outdir / f"{job.id}.mp4")
-        t.unlink()
-    return list(zip(jobs, counts, strict=True))
-
-
-class PackedNoise:
-    """Keyed noise for packed latents [V*C, H, W]: video v's channels get what `CounterNoise(seeds[v])` draws
-    for [C, H, W], so a packed video sees the noise of its own unpacked render."""
-
-    def __init__(self, seeds: list[int], device, method: str):
-        from .runtime.noise import CounterNoise
-
-        self.videos = [CounterNoise(s, device, method) for s in seeds]
-        self.method, self.seed = method, seeds[0]
-
-    def draw(self, stream, serials, levels, shape, dtype=torch.float32):
-        c = shape[0] // len(self.videos)
-        return torch.cat([n.draw(stream, serials, levels, (c, *shape[1:]), dtype) for n in self.videos], dim=1)
-
-    def reseed(self, seed: int) -> None:
-        raise ConfigError("a packed run's noise is keyed per video; build a new PackedNoise")
 
 
 # ---------------------------------------------------------------- the batch
@@ -218,7 +107,7 @@ def run(jobs: str | os.PathLike | list[Job], outdir: str | os.PathLike, *, model
         source, job_list, bad = "jobs", jobs, []
     else:
         source, (job_list, bad) = str(jobs), read_jobs(jobs, skip_invalid=True)
-    gen = _generator(model, device, None)  # the model validates every job before anything renders
+    gen = worker_generator(model, device, None)  # the model validates every job before anything renders
     bad = sorted(bad + check_jobs(gen, job_list))
     if bad and not skip_invalid:
         raise JobFileError(source, bad)

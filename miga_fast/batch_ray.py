@@ -17,10 +17,10 @@ class _Worker:
     """A Ray actor: the model loaded once, then units rendered in a row (its long-lived engines serve them)."""
 
     def __init__(self, model, device, threads, outdir, checkpoint_every):
-        from .batch import _generator
+        from .batch_worker import worker_generator
 
         self.work = (model, device, threads, outdir, checkpoint_every)
-        _generator(model, device, threads)
+        worker_generator(model, device, threads)
 
     def pid(self) -> int:
         import os
@@ -28,7 +28,7 @@ class _Worker:
         return os.getpid()
 
     def render(self, unit) -> list[dict]:
-        from .batch import render_jobs
+        from .batch_worker import render_jobs
 
         return render_jobs(*self.work, unit)
 
