@@ -1,5 +1,5 @@
-"""`miga-fast` command line: render (the main job), batch (a job file), sheet, trace (print a schedule), plan
-(summarise one), eval (quality study), bench (benchmarks of bench/)."""
+"""`miga-fast` command line: render (the main job), batch (a job file), serve (HTTP), sheet, trace (print a
+schedule), plan (summarise one), eval (quality study), bench (benchmarks of bench/)."""
 
 from __future__ import annotations
 
@@ -152,6 +152,14 @@ def cmd_batch(args) -> int:
     return 1 if counts["failed"] else 0
 
 
+def cmd_serve(args) -> int:
+    from .service import serve
+
+    serve(args.model, host=args.host, port=args.port, device=args.device, max_queue=args.max_queue,
+          token_file=args.token_file, state_dir=args.state_dir, max_frames=args.max_frames, max_steps=args.max_steps)
+    return 0
+
+
 def cmd_sheet(args) -> int:
     from PIL import Image
 
@@ -278,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "go on)")
     p.add_argument("--skip-invalid", action="store_true", help="render the valid jobs of a file with bad lines")
     p.set_defaults(func=cmd_batch)
+    p = sub.add_parser("serve", help="HTTP service: OpenAI-style video jobs, live frame streams, a web page at /",
+                       description="Serve one model over HTTP (see miga_fast/service/app.py for the endpoints). "
+                       "Binds to loopback unless --host says otherwise.")
+    p.add_argument("--model", default="default", metavar="PATH|default", help="as for render (default: bundled)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-queue", type=int, default=16, metavar="N", help="jobs waiting before 429 (default 16)")
+    p.add_argument("--max-frames", type=int, default=4096, metavar="N", help="frames per job at most")
+    p.add_argument("--max-steps", type=int, default=100, metavar="N", help="sampler steps per job at most")
+    p.add_argument("--token-file", metavar="F", help="a file holding the bearer token every request must carry")
+    p.add_argument("--state-dir", default="miga-state", metavar="DIR", help="jobs (SQLite), videos and their "
+                   "checkpoints; a restarted server finishes the jobs found here")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("sheet", help="contact sheet (PNG grid of every Nth frame) of a video")
     p.add_argument("video")
     p.add_argument("output")
