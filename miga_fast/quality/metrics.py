@@ -271,4 +271,5 @@ def all_metrics(frames, prompt: str | None = None, extractor: FeatureFn | None =
 
 # Which direction is better, for tables: +1 higher is better, -1 lower is better.
 DIRECTION = {"subject_consistency": 1, "background_consistency": 1, "temporal_flickering": 1,
-             "motion_smoothness": 1, "colour_error": -1, "area_error": -1, "area_cv": -1, "count_ok": 1}
+             "motion_smoothness": 1, "colour_error": -1, "area_error": -1, "area_cv": -1, "count_ok": 1,
+             "shape_accuracy": 1, "motion_accuracy": 1}  # the last two: scorer.py, through study.py

@@ -28,6 +28,7 @@ import torch
 
 from ..video import to_uint8
 from .metrics import DIRECTION, all_metrics
+from .scorer import score_video
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ PROMPTS = [
 SERIES = ("subject_consistency", "background_consistency", "temporal_flickering", "colour_error", "area_error",
           "count_ok")
 METRICS = ("subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
-           "colour_error", "area_error", "area_cv", "count_ok")
+           "colour_error", "area_error", "area_cv", "count_ok", "shape_accuracy", "motion_accuracy")
+# from the scorer (scorer.py): shape right on judged frames, motion right per 8-frame window (nan: none judged)
+SCORER = ("shape_accuracy", "motion_accuracy")
 
 
 def variants_named(names: Iterable[str] | None) -> list[Variant]:
@@ -131,7 +134,10 @@ def render_and_score(model_path: str, variant: Variant, videos: list[tuple[str, 
     seconds = (time.perf_counter() - start) / len(videos)
     rows = []
     for (prompt, seed), lat in zip(videos, latents, strict=True):
-        scores = all_metrics(to_uint8(lat), prompt)
+        video = to_uint8(lat)
+        scores = all_metrics(video, prompt)
+        read = score_video(video, prompt, window=8)
+        scores.update({k: (getattr(read, k), None) for k in SCORER})
         rows.append({"variant": variant.name, "prompt": prompt, "seed": seed, "frames": frames, "seconds": seconds,
                      **{k: scores[k][0] for k in METRICS}, "series": {k: scores[k][1] for k in SERIES}})
     return rows
@@ -228,8 +234,11 @@ def t_quantile(df: int) -> float:
 
 
 def mean_ci(x) -> tuple[float, float, float]:
-    """Mean and 95% t-interval of x [n] (nan bounds when n = 1)."""
+    """Mean and 95% t-interval of x [n] over its non-nan entries (nan bounds when n = 1)."""
     x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]  # a scorer accuracy is nan for a video where nothing could be judged
+    if len(x) == 0:
+        return float("nan"), float("nan"), float("nan")
     if len(x) < 2:
         return float(x.mean()), float("nan"), float("nan")
     half = t_quantile(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))

@@ -1,6 +1,7 @@
 """Train-inference gap probe: patterns, per-frame matching and the study runner on tiny random models."""
 
 import csv
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -120,7 +121,10 @@ def test_study_cli_end_to_end(weights, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == names
     assert all(r["frames"] == "8" and 0 <= float(r["subject_consistency"]) <= 1 for r in rows)
+    for key in ("shape_accuracy", "motion_accuracy"):  # the scorer's columns (nan: nothing judged in the video)
+        assert all(math.isnan(float(r[key])) or 0 <= float(r[key]) <= 1 for r in rows), key
     table = (out / "table.md").read_text()
+    assert "shape_accuracy ↑" in table and "motion_accuracy ↑" in table
     assert "miga − fifo" in table and "miga-stream − miga" in table and "fifo diagonal" in table
     assert "miga-fast eval --study --seeds 1" in (out / "README.md").read_text()
     assert "wrote" in capsys.readouterr().out
@@ -177,6 +181,13 @@ def test_budget_cut_keeps_complete_groups_only(weights):
     assert run_study(weights, deadline=time.perf_counter() - 1, **kw) == []
     rows = [{"variant": v, "prompt": "p", "seed": s} for s in (0, 1) for v in ("fifo", "miga")][:-1]
     assert [(r["variant"], r["seed"]) for r in complete_groups(rows)] == [("fifo", 0), ("miga", 0)]
+
+
+def test_mean_ci_skips_nan():
+    from miga_fast.quality.study import mean_ci
+
+    assert mean_ci([0.5, float("nan"), 1.0])[0] == 0.75
+    assert all(math.isnan(v) for v in mean_ci([float("nan")]))
 
 
 def test_t_interval():
