@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# MIGA_BENCH_RESULTS redirects every CSV (bench/gpu_check.py keeps a GPU run's results apart from the committed ones)
+RESULTS = Path(os.environ.get("MIGA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 H100_HBM = 3.35e12  # bytes/s, H100 SXM HBM3
 H100_BF16 = 989e12  # FLOP/s, H100 SXM dense bf16 tensor cores
 
@@ -80,6 +81,22 @@ def providers(requested: str | None, device: torch.device) -> list[str]:
     if "cpp" in names and not backend.load_extension():
         backend.build_extension()
     return names
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    """A provider's result as a list of tensors (ops return a tensor or a tuple; in-place ops return None)."""
+    if isinstance(out, torch.Tensor):
+        return [out.detach().clone()]
+    if isinstance(out, tuple | list):
+        return [t.detach().clone() for t in out if isinstance(t, torch.Tensor)]
+    return []
+
+
+def max_abs_error(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    """Largest |out - ref| over the outputs, in fp32 (nan when there is nothing to compare)."""
+    if not out or len(out) != len(ref):
+        return float("nan")
+    return max(float((a.float() - b.float()).abs().max()) if a.numel() else 0.0 for a, b in zip(out, ref, strict=True))
 
 
 def time_call(fn: Callable[[], object], device: torch.device, seconds: float) -> list[float]:
@@ -156,15 +173,18 @@ def run(op: str, cases: list[Case], fns: dict[str, Callable], metric: tuple[str,
         torch.manual_seed(0)
         inputs = case.make(dtype)
         inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        reference = _outputs(fns["ref"](inputs)())  # every provider's error is against the eager reference
         for name in names:
             fn = fns[name](inputs)
+            err = max_abs_error(_outputs(fn()), reference)
             med, p20, p80, low = quantiles(time_call(fn, device, args.seconds))
             value = work(inputs) / (med / 1e3) / scale
             print(f"{case.config:28s} {case.shape:34s} {name:8s} {med:9.3f} ms  [p20 {p20:9.3f}, p80 {p80:9.3f}]"
-                  f" min {low:9.3f}  {value:8.3f} {unit}")
+                  f" min {low:9.3f}  {value:8.3f} {unit}  max|err| {err:.3g}")
             rows.append({"op": op, "config": case.config, "shape": case.shape, "dtype": args.dtype,
                          "provider": name, "median_ms": f"{med:.4f}", "p20_ms": f"{p20:.4f}",
                          "p80_ms": f"{p80:.4f}", "min_ms": f"{low:.4f}", "metric": unit, "value": f"{value:.4f}",
+                         "max_abs_err_vs_ref": f"{err:.3g}",
                          "formula": formula, "timestamp": stamp, **info})
             del fn
     RESULTS.mkdir(exist_ok=True)

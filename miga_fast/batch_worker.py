@@ -75,6 +75,7 @@ def pack_frames(gen, reqs: list) -> Iterator[tuple[int, np.ndarray]]:
     """(video index, uint8 frame [H, W, 3]) of V validated requests of one group (equal frames, plan, size, CFG)
     rendered by ONE engine run over packed latents [V*C, H, W], in the order the frames finish. Video v gets the
     keyed noise of its own render, so its frames are its `gen.stream` frames up to float rounding of the batch."""
+    from .pipeline import LATENT_DTYPE
     from .runtime.batch import PackedDenoiser, pack_conditions, unpack_latent
     from .runtime.factory import make_engine
     from .video import to_uint8
@@ -85,7 +86,7 @@ def pack_frames(gen, reqs: list) -> Iterator[tuple[int, np.ndarray]]:
                          latent_shape=(v * c, h, w), guidance_scale=first.guidance_scale,
                          cond=pack_conditions([r.conds[0] for r in reqs]),
                          uncond=pack_conditions([r.uncond for r in reqs]), seed=0, device=gen.device,
-                         dtype=gen.dtype)
+                         dtype=LATENT_DTYPE)
     engine.noise = PackedNoise([r.seed for r in reqs], gen.device, engine.noise.method)
     codec = gen.bundle.codec
     decoders = [codec.stream_decoder() for _ in reqs]

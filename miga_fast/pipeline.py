@@ -95,7 +95,7 @@ class VideoGenerator:
         engine = self._engines.pop(key, None)
         if engine is None:
             engine = make_engine(self.bundle, cfg, size=size, guidance_scale=guidance, cond=cond, uncond=uncond,
-                                 seed=seed, device=self.device, dtype=self.dtype, window_batch=window_batch,
+                                 seed=seed, device=self.device, dtype=LATENT_DTYPE, window_batch=window_batch,
                                  mode=engine_mode)
             engine.cache_key = key
         else:
@@ -242,6 +242,10 @@ class VideoGenerator:
                             checkpoint_every=checkpoint_every, stop=stop, on_frame=on_frame, callback=callback)
 
 
+# The ring's latents, solver history and noise stay fp32 whatever the model's dtype (the official samplers keep
+# latents and scheduler state in fp32): a bf16 ring would round every latent to 8 mantissa bits at every step.
+# The denoisers cast their input to their own weights' dtype and return x's dtype.
+LATENT_DTYPE = torch.float32
 MAX_FRAMES = 10**9  # a bound for typos (1e12 frames would run for centuries), not for memory: that is constant
 MAX_SIDE = 8192  # frame height / width bound: a typo there would allocate the ring for a gigapixel video
 

@@ -1,12 +1,15 @@
-"""Test-wide setup. TRITON_INTERPRET must be set before any Triton kernel module is imported."""
+"""Test-wide setup. TRITON_INTERPRET must be set before any Triton kernel module is imported: on a CPU-only
+machine the kernels run in Triton's interpreter; with CUDA they compile and run on the GPU (gpu-marked tests)."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from miga_fast.ops import backend as fused_backend  # noqa: E402
 

@@ -121,3 +121,14 @@ def test_render_a_wan_folder(tmp_path):
     assert result.frames == 7 and done == list(range(1, 8))  # 7 frames = latents 1 + 4 + 2 of the third
     frames = read_frames(tmp_path / "wan.gif")
     assert len(frames) == 7 and frames[0].shape == (16, 32, 3)
+
+
+def test_a_half_precision_model_keeps_fp32_latents(weights):
+    """bf16 weights (this CPU runs bf16 matmuls): the ring's latents stay fp32, as the official samplers keep them,
+    and the video stays close to the fp32 model's."""
+    gen = load(weights, dtype=torch.bfloat16)
+    frames = np.stack(list(gen.stream(PROMPT, frames=8, seed=2))).astype(int)
+    (engine,) = gen._engines.values()
+    assert engine.ring.latents.dtype == torch.float32 and next(gen.bundle.module.parameters()).dtype == torch.bfloat16
+    full = np.stack(list(load(weights).stream(PROMPT, frames=8, seed=2))).astype(int)
+    assert np.abs(frames - full).mean() < 8

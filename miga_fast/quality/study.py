@@ -110,6 +110,7 @@ def render_pack(gen, variant: Variant, videos: list[tuple[str, int]], frames: in
     noise is keyed by (``seed``, its position in the pack): callers give each pack its own seed, and the same
     seed and position to a (prompt, seed index) in every variant (paired comparisons).
     """
+    from ..pipeline import LATENT_DTYPE
     from ..runtime.batch import PackedDenoiser, pack_conditions, unpack_latent
     from ..runtime.factory import make_engine
 
@@ -120,7 +121,7 @@ def render_pack(gen, variant: Variant, videos: list[tuple[str, int]], frames: in
     shape = (n * 3, gen.frame_size, gen.frame_size)
     engine = make_engine(gen.bundle, cfg, denoise=PackedDenoiser(gen.bundle.denoise, n), latent_shape=shape,
                          guidance_scale=guidance, cond=cond, uncond=uncond, seed=seed, device=gen.device,
-                         dtype=gen.dtype)
+                         dtype=LATENT_DTYPE)
     return torch.stack([unpack_latent(x, n) for x in engine.run(frames)], dim=1)
 
 

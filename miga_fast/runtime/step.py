@@ -220,7 +220,13 @@ class StaticStepper:
         self.last_key: StepKey | None = None  # kind of the latest call (benches time calls per kind)
 
     def _long(self, values: list[int]) -> Tensor:
-        return torch.tensor(values, dtype=torch.long, device=self.device)
+        """Host index lists -> int64 on the device. On CUDA through pinned memory with a non-blocking copy: a
+        `torch.tensor(list, device="cuda")` is a blocking host-to-device copy, 3-6 of them per step (pinned
+        blocks are kept by torch's caching host allocator until their copy is done). Not yet run on a GPU."""
+        host = torch.tensor(values, dtype=torch.long)
+        if self.device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def execute(self, calls: list[ModelCall], latents: Tensor, state: dict[str, Tensor], cond: Tensor,
                 held: bool) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
