@@ -117,7 +117,8 @@ class Engine:
         if self.mode == "graph":
             from .graph import GraphRunner
 
-            runner = GraphRunner(self.spec, self.device, pool_budget_bytes=graph_pool_budget)
+            runner = GraphRunner(self.spec, self.device, pool_budget_bytes=graph_pool_budget,
+                                 fallback_on_failure=mode == "auto")
         else:
             runner = StepRunner(self.spec, compile=self.mode == "compile")
         noise = CounterNoise(seed, self.device, noise_method)

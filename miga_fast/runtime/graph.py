@@ -116,16 +116,20 @@ class GraphRunner:
 
     pool_budget_bytes: None for no limit; else keys first seen after the pool grew past it run eagerly.
     backend: the capture backend (default CUDA; tests pass a CPU fake with `warmup` and `capture`).
+    fallback_on_failure: a step kind whose warm-up or capture raises (a denoiser that syncs with the host,
+    an op that cannot be captured) runs uncompiled from then on, the error kept in `fallbacks` (mode "auto");
+    False re-raises it (mode "graph" was asked for explicitly).
     """
 
     def __init__(self, spec: StepSpec, device: torch.device, *, pool_budget_bytes: int | None = None,
-                 warmup: int = 3, backend=None):
+                 warmup: int = 3, backend=None, fallback_on_failure: bool = False):
         self.backend = backend if backend is not None else CudaGraphBackend(torch.device(device))
         self.spec = spec
         self.pool_budget_bytes, self.warmup_iters = pool_budget_bytes, warmup
         self.pool_bytes = 0
         self.captures: dict[StepKey, int] = {}  # key -> times captured (1 in a steady run)
         self.fallbacks: dict[StepKey, str] = {}  # key -> why it runs without a graph
+        self.fallback_on_failure = fallback_on_failure
         self._graphs: dict[StepKey, _Graph] = {}
         self._steps: dict[StepKey, Callable] = {}
 
@@ -163,7 +167,13 @@ class GraphRunner:
                 self.fallbacks[key] = (f"graph pool at {self.pool_bytes} bytes >= budget {self.pool_budget_bytes}: "
                                        "runs the uncompiled static step")
                 return self._step(key)(latents, dst, state, *inputs.tensors())
-            graph = self._graphs[key] = self._capture(key, latents, dst, state, inputs)
+            try:
+                graph = self._graphs[key] = self._capture(key, latents, dst, state, inputs)
+            except Exception as exc:  # noqa: BLE001 (recorded; the step runs as in eager mode)
+                if not self.fallback_on_failure or graph is not None:
+                    raise
+                self.fallbacks[key] = f"capture failed ({type(exc).__name__}: {exc}): runs the uncompiled step"
+                return self._step(key)(latents, dst, state, *inputs.tensors())
         graph.inputs.update(inputs)
         graph.replay()
         return graph.finite

@@ -159,3 +159,23 @@ def test_cuda_graphs_match_eager(name, overrides):
                    guidance_scale=3.0, seed=3, device="cuda", mode=mode)
         outs[mode] = run(e, 8)
     torch.testing.assert_close(outs["graph"], outs["eager"], rtol=1e-4, atol=1e-4)
+
+
+class FailingBackend(FakeBackend):
+    """A capture that raises, as CUDA does for a step with a host sync."""
+
+    def capture(self, fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+def test_a_failed_capture_falls_back_to_the_plain_step_under_auto(toy):
+    ref = run(engine(toy, "vc2-fifo", "eager", num_steps=16, window=8), 12)
+    e = engine(toy, "vc2-fifo", "compile", num_steps=16, window=8)
+    e.stepper.runner = GraphRunner(e.spec, e.device, backend=FailingBackend(), fallback_on_failure=True)
+    assert torch.equal(run(e, 12), ref)  # same latents: every kind ran as in eager mode
+    runner = e.stepper.runner
+    assert runner.fallbacks and all("capture failed (RuntimeError" in why for why in runner.fallbacks.values())
+    strict = engine(toy, "vc2-fifo", "compile", num_steps=16, window=8)
+    strict.stepper.runner = GraphRunner(strict.spec, strict.device, backend=FailingBackend())
+    with pytest.raises(RuntimeError, match="stream is capturing"):  # mode "graph" asked for: the error shows
+        run(strict, 12)
