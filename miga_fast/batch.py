@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .batch_worker import render_jobs, worker_generator
+from .batch_worker import claim_device, render_jobs, worker_devices, worker_generator
 from .errors import ConfigError, RenderError, require
 from .jobs import Job, JobFileError, check_jobs, read_jobs
 
@@ -178,7 +178,12 @@ def _run_local(workers, work, units, record, view, on_start) -> None:
 
     queue, going = list(units), True
     while queue and going:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        context = mp.get_context("spawn")
+        devices = context.Queue()
+        for device in worker_devices(work[1], workers):  # one GPU per process on a multi-GPU host
+            devices.put(device)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=claim_device,
+                                 initargs=(devices,)) as pool:
             running = {}
             try:
                 while going and (queue or running):

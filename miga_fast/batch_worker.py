@@ -23,13 +23,29 @@ from .jobs import Job
 _GENERATORS: dict = {}
 
 
+_DEVICE: str | None = None  # this worker process's own device (one GPU each), set by `claim_device`
+
+
+def worker_devices(device: str, workers: int) -> list[str]:
+    """The device of each local worker: on a multi-GPU host "cuda" spreads them one per GPU ("cuda:0",
+    "cuda:1", ...; round robin past the count); any other device (cpu, "cuda:1") is shared as given."""
+    count = torch.cuda.device_count() if device == "cuda" else 0
+    return [f"cuda:{i % count}" for i in range(workers)] if count > 1 else [device] * workers
+
+
+def claim_device(devices) -> None:
+    """ProcessPoolExecutor initializer: take one device of the shared queue for this process."""
+    global _DEVICE
+    _DEVICE = devices.get()
+
+
 def worker_generator(model: str | None, device: str, threads: int | None):
     from .models.tiny.bundle import DEFAULT_WEIGHTS
     from .pipeline import load
 
     if threads:
         torch.set_num_threads(threads)
-    key = (str(model or DEFAULT_WEIGHTS), device)
+    key = (str(model or DEFAULT_WEIGHTS), _DEVICE or device)
     if key not in _GENERATORS:
         _GENERATORS[key] = load(key[0], device)
     return _GENERATORS[key]
@@ -45,6 +61,7 @@ def render_jobs(model: str | None, device: str, threads: int | None, outdir: str
                 jobs: list[Job]) -> list[dict]:
     """Render `jobs` (one video, or a pack of several) in this process; one manifest row per job."""
     gen = worker_generator(model, device, threads)
+    device = str(gen.device)
     start = time.perf_counter()
     try:
         if len(jobs) == 1:

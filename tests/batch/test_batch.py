@@ -140,3 +140,12 @@ def test_api_takes_a_job_list(model, tmp_path):
     jobs, problems = read_jobs(write_jobs(tmp_path / "jobs.jsonl", JOBS[:1]))
     rows = batch.run(jobs, tmp_path / "out", model=str(model), progress=False)
     assert problems == [] and rows[0]["id"] == "p0-s0" and json.dumps(rows)  # rows are plain JSON
+
+
+def test_local_workers_take_one_gpu_each(monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    assert batch_worker.worker_devices("cuda", 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert batch_worker.worker_devices("cuda:1", 2) == ["cuda:1", "cuda:1"]  # a named device is shared as given
+    assert batch_worker.worker_devices("cpu", 2) == ["cpu", "cpu"]
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert batch_worker.worker_devices("cuda", 2) == ["cuda", "cuda"]
