@@ -306,3 +306,16 @@ def test_modulation_memory_formulas():
     args = dict(batch=2, frames=21, height=60, width=104, patch=(1, 2, 2), dim=1536)
     assert wan.per_token_modulation_bytes(**args, dtype_bytes=4) == 2 * 21 * 30 * 52 * 6 * 1536 * 4
     assert wan.per_frame_modulation_bytes(**args, dtype_bytes=4) == 2 * 21 * 6 * 1536 * 4
+
+
+def test_tanh_gelu_is_atens_tanh_gelu():
+    import torch.nn.functional as F
+
+    from miga_fast.models.wan import TanhGELU
+
+    x = torch.randn(3, 7, 257) * 4
+    with torch.no_grad():
+        fast = TanhGELU()(x)  # the CPU fp32 sigmoid form
+    torch.testing.assert_close(fast, F.gelu(x, approximate="tanh"), atol=2e-6, rtol=1e-6)
+    assert torch.equal(TanhGELU()(x.bfloat16()), F.gelu(x.bfloat16(), approximate="tanh"))  # ATen's own path
+    assert torch.equal(TanhGELU()(x), F.gelu(x, approximate="tanh"))  # grad enabled (training): ATen's
