@@ -14,7 +14,6 @@ per worker) is reported apart. The cores are shared out: 1 worker uses every cor
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -29,7 +28,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, machine, write_csv  # noqa: E402
 
 from miga_fast import batch  # noqa: E402
 
@@ -85,11 +84,7 @@ def main() -> None:
                      "frames_per_s": round(args.jobs * args.frames / wall, 3),
                      "speedup_vs_1_worker_pack_1": round(base / wall, 3), "repeats": args.repeats,
                      "walls_s": " ".join(f"{w:.2f}" for w in walls[workers, pack]), "command": command, **info})
-    path = out_dir / "batch_throughput.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(out_dir / "batch_throughput.csv", rows)
     for r in rows:
         print(f"workers {r['workers']} pack {r['pack']}: {r['videos_per_hour']} videos/h, {r['frames_per_s']} "
               f"frames/s, x{r['speedup_vs_1_worker_pack_1']} (start-up {r['startup_s']} s)")

@@ -13,7 +13,6 @@ step kinds, with dynamo's error_on_recompile on. Small shapes only by default; w
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import sys
@@ -29,7 +28,7 @@ from torch._dynamo.utils import counters  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, machine, quantiles  # noqa: E402
+from common import RESULTS, machine, quantiles, write_csv  # noqa: E402
 
 from miga_fast.models.toy import ToyDenoiser  # noqa: E402
 from miga_fast.models.wan import WanConfig, WanDiT  # noqa: E402
@@ -148,13 +147,7 @@ def main() -> None:
                   f"compile {compile_s[key]:6.1f} s  eager {e[0]:8.3f} ms [{e[1]:.3f}, {e[2]:.3f}]  "
                   f"compile {c[0]:8.3f} ms [{c[1]:.3f}, {c[2]:.3f}]"
                   f"  x{e[0] / c[0]:.2f}  recompiles {recompiles}  rel err {rel_err:.1e}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "step.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"# wrote {path}")
+    print(f"# wrote {write_csv(RESULTS / 'step.csv', rows)}")
 
 
 if __name__ == "__main__":

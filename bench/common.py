@@ -187,13 +187,21 @@ def run(op: str, cases: list[Case], fns: dict[str, Callable], metric: tuple[str,
                          "max_abs_err_vs_ref": f"{err:.3g}",
                          "formula": formula, "timestamp": stamp, **info})
             del fn
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{op}.csv"
+    print(f"# wrote {write_csv(RESULTS / f'{op}.csv', rows)}")
+
+
+def write_csv(path: Path, rows: list[dict], float_format: str | None = None) -> Path:
+    """Write `rows` to `path`: columns are every key in first-seen order (a key missing from a row is an empty
+    cell, as is None); floats as `float_format` when given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["op"])
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ["empty"],
+                                restval="")
         writer.writeheader()
-        writer.writerows(rows)
-    print(f"# wrote {path}")
+        for r in rows:
+            writer.writerow({k: "" if v is None else format(v, float_format) if float_format and isinstance(v, float)
+                             else v for k, v in r.items()})
+    return path
 
 
 def h100_line(what: str, nbytes: float, flops: float = 0.0) -> str:

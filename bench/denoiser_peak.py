@@ -12,7 +12,6 @@ and the top ops of a torch.profiler run; writes results/denoiser_peak.csv (one r
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
 import statistics
 import sys
@@ -25,7 +24,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, machine, write_csv  # noqa: E402
 
 
 def count_cpu_attention_flops() -> None:
@@ -103,13 +102,7 @@ def main() -> None:
                      "gflop_per_s": round(gflops, 2), "gemm_peak_gflop_per_s": round(peak, 2),
                      "ratio_to_peak": round(gflops / peak, 4), "threads": torch.get_num_threads(),
                      "repeats": args.repeats, "command": command, **machine()})
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "denoiser_peak.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
+    print(f"wrote {write_csv(RESULTS / 'denoiser_peak.csv', rows)}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ the replay). The base clip is sampled once, outside every timing. Writes ``<out-
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import shlex
 import statistics
@@ -37,7 +36,7 @@ if str(BENCH) not in sys.path:
 
 import torch  # noqa: E402
 from baseline_loop import for_engine  # noqa: E402
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, machine, write_csv  # noqa: E402
 from fps_memory import DTYPES, MODES, PROMPT, QUICK_STEPS, load_generator  # noqa: E402
 
 PROVIDERS = ("baseline", "eager", "compile")
@@ -185,14 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode:12s} {provider:9s} {r['calls']:5d} calls  run {r['run_ms_per_call']:8.3f} ms/call  "
                   f"denoiser {r['denoiser_ms_per_call']:8.3f} ms/call ({r['floor']})  "
                   f"overhead {r['overhead_ms_per_call']:7.3f} ms/call = {100 * r['overhead_fraction']:5.1f}%")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "overhead.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if v is None else f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
-    print(f"# wrote {path}")
+    print(f"# wrote {write_csv(out_dir / 'overhead.csv', rows, '.4g')}")
     return 0
 
 

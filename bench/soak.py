@@ -21,7 +21,6 @@ over the run).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import shlex
 import sys
@@ -33,7 +32,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, machine, write_csv  # noqa: E402
 
 from miga_fast import telemetry  # noqa: E402
 from miga_fast.runtime import Engine, EngineError  # noqa: E402
@@ -118,14 +117,6 @@ def plot(rows: list[dict], summary: dict, path: Path, title: str, command: str) 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     common = {"mode": cfg.mode, "model": args.model, "engine": engine.mode, "steps": cfg.num_steps,
               "command": command, "timestamp": stamp, **info}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(out_dir / "soak.csv", [{**r, **common} for r in rows])
+    write_csv(out_dir / "soak.csv", [{**r, **common} for r in rows], ".6g")
     total = rows[-1]["elapsed_s"] if rows else 0.0
     write_csv(out_dir / "soak_summary.csv", [{"latents": args.latents, "seconds": total,
                                               "fps": rows[-1]["fps_cumulative"] if rows else 0.0,
-                                              "error": error or "", **summary, **common}])
+                                              "error": error or "", **summary, **common}], ".6g")
     print(f"memory flat: {summary['memory_flat']}  ({key}: first-quarter max {summary['first_quarter_max_mb']:.2f} "
           f"MB, last-quarter max {summary['last_quarter_max_mb']:.2f} MB, growth {summary['growth_mb']:+.2f} MB, "
           f"tolerance {args.tolerance_mb} MB; slope {summary['slope_mb_per_1000']:+.3f} MB per 1000 latents)")

@@ -23,6 +23,7 @@ from .errors import ConfigError, EngineError, require
 from .plan import MODES, PRESETS, IterationEnd, PlanConfig, preset
 from .render import RenderResult, render_video
 from .runtime import Engine
+from .runtime.compile_cache import choose_mode, engine_key, is_warm, mark_warm
 from .runtime.factory import make_engine
 from .runtime.modes import ENGINE_MODES, GraphUnavailable, unavailable_reason
 from .video import to_uint8
@@ -145,7 +146,7 @@ class VideoGenerator:
                 seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
                 negative_prompt: str | None = None, size: tuple[int, int] | None = None,
                 prompt_schedule: str | None = None, reflection: bool | None = None, window_batch: int = 0,
-                overrides: dict | None = None, engine_mode: str = "eager", num_frames: int | None = None,
+                overrides: dict | None = None, engine_mode: str = "auto", num_frames: int | None = None,
                 num_inference_steps: int | None = None, height: int | None = None,
                 width: int | None = None) -> VideoRequest:
         """Validate the arguments of one video (each error names the argument and what is allowed) and encode its
@@ -212,15 +213,32 @@ class VideoGenerator:
     def frame_stream(self, req: VideoRequest, state: dict | None = None) -> Iterator[FrameStream]:
         """A `FrameStream` of `req` on an idle engine (returned to the cache on exit); `state`: a
         `FrameStream.state()` to go on from."""
+        mode, why = req.engine_mode, None
+        compiled = self._compile_key(req) if mode in ("auto", "compile") else None
+        if mode == "auto":
+            mode, why = choose_mode(self.device, req.frames, is_warm(compiled))
         engine = self.engine(req.cfg, cond=req.conds[0], uncond=req.uncond, seed=req.seed, size=req.size,
-                             guidance_scale=req.guidance_scale, window_batch=req.window_batch,
-                             engine_mode=req.engine_mode)
+                             guidance_scale=req.guidance_scale, window_batch=req.window_batch, engine_mode=mode)
+        if why:
+            engine.mode_why["auto"] = why
         stream = FrameStream(engine, req, self.bundle.codec, state)
         try:
             yield stream
         finally:  # also on an early stop (the consumer closed the stream): the engine is idle again
             stream.close()
+            if compiled and engine.mode == "compile" and engine.runner.compile_seconds:
+                mark_warm(compiled, {"model": type(self.model).__name__, "mode": req.cfg.mode,
+                                     "compile_seconds": {str(k): v for k, v in engine.runner.compile_seconds.items()}})
             self._return_engine(engine)
+
+    def _compile_key(self, req: VideoRequest) -> str:
+        """What the compiled code of `req`'s engine depends on: the denoiser's class and parameter shapes (not their
+        values: weights are graph inputs), the plan, the latent shape, CFG on/off, window batch, device, dtype."""
+        params = [(n, tuple(p.shape), str(p.dtype)) for n, p in self.model.named_parameters()] if isinstance(
+            self.model, torch.nn.Module) else []
+        return engine_key(model=type(self.model).__name__, params=params, cfg=repr(req.cfg),
+                          latent=self.bundle.latent_shape(req.size), cfg_guidance=req.guidance_scale != 1.0,
+                          window_batch=req.window_batch, device=self.device.type, dtype=str(self.dtype))
 
     def render(self, path: str | os.PathLike, prompt: str | None = None, frames: int | None = None, *,
                fps: int | None = None, scale: int | None = None, progress: bool = True, resume: bool = False,

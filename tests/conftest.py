@@ -8,6 +8,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Warm-compile markers of this run stay in a folder of its own (a user's cache would make "auto" compile in tests);
+# inductor's own cache stays where torch keeps it.
+if "MIGA_FAST_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    os.environ["MIGA_FAST_CACHE_DIR"] = tempfile.mkdtemp(prefix="miga_fast_cache-")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
 
 import pytest  # noqa: E402
 

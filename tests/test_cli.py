@@ -22,6 +22,7 @@ class FakeEngine:
 
     def __init__(self, denoise, solver, cfg, latent_shape, **kw):
         self.latent_shape = latent_shape
+        self.mode, self.mode_why = kw.get("mode"), {}
         FakeEngine.calls.append(dict(kw, latent_shape=latent_shape))
 
     def run(self, num_latents, on_event=None, resume=None):

@@ -7,6 +7,7 @@ from torch._dynamo.utils import counters
 
 from miga_fast.models.tiny.bundle import TinySpec, TinyVideoModel
 from miga_fast.pipeline import VideoGenerator, load
+from miga_fast.runtime.compile_cache import is_warm
 
 PROMPT = "a red circle moving left on a striped blue background"
 OTHER = "a blue square moving up on a plain red background"
@@ -43,6 +44,9 @@ def test_second_video_reuses_buffers_and_code_and_equals_a_fresh_generator(weigh
     assert engine.step_kinds.keys() == kinds.keys()
     if engine_mode == "compile":
         assert len(engine.runner.compile_seconds) == len(kinds)  # compiled once per kind, in the first video
+    # a compiled render leaves a warm marker: a later process's mode "auto" counts on the on-disk cache
+    req = gen.request(PROMPT, frames=6, mode="miga-stream", engine_mode=engine_mode, **SMALL)
+    assert is_warm(gen._compile_key(req)) == (engine_mode == "compile")
     fresh = video(load(weights), OTHER, 2, engine_mode)
     assert np.array_equal(second, fresh)
     assert not np.array_equal(first, second)

@@ -15,11 +15,13 @@ else runs in the weights' dtype.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -147,32 +149,73 @@ def _axis_angles(positions: Tensor, dim: int, theta: float) -> Tensor:
     return positions.to(dtype)[:, None] * inv_freq
 
 
+# Rows of the RoPE cos/sin tables an exported graph carries: positions 0..1023 on each axis (diffusers' Wan
+# precomputes the same 1024, its rope_max_seq_len); export_onnx rejects windows of more frames.
+EXPORT_ROPE_POSITIONS = 1024
+
+
+@functools.cache
+def _export_table(dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """float32 cos, sin ``[EXPORT_ROPE_POSITIONS, dim // 2]`` of positions 0.., computed in float64 as eager does.
+
+    numpy, not torch: under torch.export, torch ops would be traced into the graph (in float64), and a cached
+    tensor made while tracing would be a fake one. Equal to eager's tables (tests/export/test_onnx.py).
+    """
+    inv_freq = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    angles = np.arange(EXPORT_ROPE_POSITIONS, dtype=np.float64)[:, None] * inv_freq
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _exporting() -> bool:
+    # torch.compiler.is_exporting appeared in torch 2.6; older versions export the float64 path
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return is_exporting is not None and is_exporting()
+
+
+def _axis_cos_sin(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """fp32 ``cos, sin [N, dim // 2]`` of integer ``positions [N]`` on one RoPE axis.
+
+    Eager: of float64 angles (Wan's rounding). While exporting: rows of `_export_table`, the same values, so
+    the exported graph has no float64 tensor (TensorRT casts float64 down) and no sin/cos for RoPE.
+    """
+    if not _exporting():
+        angles = _axis_angles(positions, dim, theta)
+        return torch.cos(angles).float(), torch.sin(angles).float()
+    index = positions.long()
+    return tuple(torch.from_numpy(table).to(positions.device).index_select(0, index)
+                 for table in _export_table(dim, theta))
+
+
 def rope_cos_sin(
     frame_positions: Tensor, height: int, width: int, head_dim: int, theta: float = 10000.0
 ) -> tuple[Tensor, Tensor]:
     """Wan 3D RoPE for tokens in (frame, row, column) order: fp32 ``cos, sin [F*height*width, head_dim//2]``.
 
     Frame ``f`` sits at temporal position ``frame_positions[f]`` (``[F]`` integers), rows and columns at
-    ``0..height-1`` and ``0..width-1``; head channels ``(2i, 2i+1)`` turn by angle ``i``.
+    ``0..height-1`` and ``0..width-1``; head channels ``(2i, 2i+1)`` turn by angle ``i``. While exporting,
+    positions must be below ``EXPORT_ROPE_POSITIONS``.
     """
     frames, device = frame_positions.shape[0], frame_positions.device
+    if _exporting() and max(height, width) > EXPORT_ROPE_POSITIONS:
+        raise ValueError(f"an exported RoPE table covers {EXPORT_ROPE_POSITIONS} rows/columns "
+                         f"(got height {height}, width {width} tokens)")
     t_dim, h_dim, w_dim = rope_split(head_dim)
-    a_t = _axis_angles(frame_positions, t_dim, theta)
-    a_h = _axis_angles(torch.arange(height, device=device), h_dim, theta)
-    a_w = _axis_angles(torch.arange(width, device=device), w_dim, theta)
+    c_t, s_t = _axis_cos_sin(frame_positions, t_dim, theta)
+    c_h, s_h = _axis_cos_sin(torch.arange(height, device=device), h_dim, theta)
+    c_w, s_w = _axis_cos_sin(torch.arange(width, device=device), w_dim, theta)
 
-    def table(fn):
-        # cos/sin per axis (tiny), then broadcast to the token grid
+    def table(t, h, w):
+        # per-axis tables (tiny), broadcast to the token grid
         return torch.cat(
             [
-                fn(a_t).float()[:, None, None].expand(-1, height, width, -1),
-                fn(a_h).float()[None, :, None].expand(frames, -1, width, -1),
-                fn(a_w).float()[None, None].expand(frames, height, -1, -1),
+                t[:, None, None].expand(-1, height, width, -1),
+                h[None, :, None].expand(frames, -1, width, -1),
+                w[None, None].expand(frames, height, -1, -1),
             ],
             dim=-1,
         ).flatten(0, 2)
 
-    return table(torch.cos), table(torch.sin)
+    return table(c_t, c_h, c_w), table(s_t, s_h, s_w)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -136,6 +136,7 @@ class Engine:
             raise ConfigError("uncond must be given when guidance_scale != 1")
         self.noise.reseed(seed)
         self.set_condition(cond, uncond)
+        self.runner.reset()
         self.stats = EngineStats()
 
     @property

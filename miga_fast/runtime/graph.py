@@ -4,9 +4,12 @@ Per key: static input buffers are allocated once and refreshed in place with `co
 replay (a graph replays fixed addresses); the step is warmed up on a side stream, then captured into
 a memory pool shared by all graphs of the engine. Warm-up and capture run the real step, so they run
 it with every write pointed at the ring's dump slot: the ring and the solver history are untouched.
-A graph is re-captured when the persistent tensors it was captured on move (a bigger ring, a new
-`cond` shape). `pool_budget_bytes` caps the pool: once captures have grown it past the budget, new
-keys run the uncompiled static step instead (reported in `fallbacks`).
+A graph is re-captured when the persistent tensors it was captured on move: per call the ring,
+the solver state and the solver's tables are checked (a bigger ring, a new `cond` shape, `solver.to`); the
+denoiser's parameters and buffers are checked at capture and on `reset()` (once per video: a per-call walk
+over every parameter would cost more than the replay on small models), so weights moved in the middle of a
+video (`model.to(...)`) are not supported. `pool_budget_bytes` caps the pool: once captures have grown it past
+the budget, new keys run the uncompiled static step instead (reported in `fallbacks`).
 
 UNVERIFIED without a GPU: `CudaGraphBackend` (side-stream warm-up, capture, replay, pool accounting via
 `torch.cuda.memory_reserved`) has never run; everything else here is tested on the CPU through a fake
@@ -62,17 +65,30 @@ class StaticInputs:
         return {name: b.data_ptr() for name, b in self.buffers.items() if b is not None}
 
 
-def bound_pointers(latents: Tensor, dst: Tensor, state: dict[str, Tensor]) -> tuple:
-    """Addresses of the persistent tensors a graph reads and writes directly."""
-    return (latents.data_ptr(), dst.data_ptr(), *sorted((k, v.data_ptr()) for k, v in state.items()))
+def bound_pointers(latents: Tensor, dst: Tensor, state: dict[str, Tensor], solver) -> tuple:
+    """Addresses of the per-call persistent tensors a graph reads and writes directly: ring, destination,
+    solver state and the solver's tables (its tensor attributes)."""
+    tables = sorted((k, v.data_ptr()) for k, v in vars(solver).items() if isinstance(v, Tensor))
+    return (latents.data_ptr(), dst.data_ptr(), *sorted((k, v.data_ptr()) for k, v in state.items()), *tables)
+
+
+def weight_pointers(denoise: Callable) -> tuple[int, ...]:
+    """Addresses of the parameters and buffers of the module behind `denoise` (a module or a bound method of
+    one); () for a plain function."""
+    owner = getattr(denoise, "__self__", denoise)
+    if not isinstance(owner, torch.nn.Module):
+        return ()
+    return tuple(t.data_ptr() for t in (*owner.parameters(), *owner.buffers()))
 
 
 class CudaGraphBackend:
     """torch.cuda graph capture with one memory pool shared by all graphs. UNVERIFIED: needs a GPU.
 
-    Sharing is safe for any replay order here because replays never overlap (one stream) and the only
-    tensor of a graph that outlives its replay, the `finite` output, stays referenced (so no later
-    capture is handed its memory); every other pool tensor is recomputed by each replay before use.
+    Sharing is safe for any replay order because replays never overlap (one stream) and no tensor of a
+    graph outlives its replay inside the pool: the step's `finite` flag is copied, inside the capture, into
+    a buffer allocated outside the pool. (Left in the pool, graph B's output could sit in memory that was
+    graph A's scratch when A was captured, and a replay of A would overwrite it.) Every pool tensor is
+    recomputed by each replay before use.
     """
 
     def __init__(self, device: torch.device):
@@ -95,20 +111,22 @@ class CudaGraphBackend:
     def capture(self, fn: Callable[[], Tensor]) -> tuple[Callable[[], None], Tensor, int]:
         """Capture `fn` -> (replay, its static output, bytes the pool grew by)."""
         graph = torch.cuda.CUDAGraph()
+        finite = torch.empty((), dtype=torch.bool, device=self.device)  # outside the pool (see the class doc)
         with torch.cuda.graph(graph, pool=self.pool):
             # read inside: entering the context syncs and empties the allocator's cache (a host-side stat,
             # no CUDA call, so it is legal during capture)
             before = torch.cuda.memory_reserved(self.device)
-            out = fn()
-        return graph.replay, out, max(torch.cuda.memory_reserved(self.device) - before, 0)
+            finite.copy_(fn())
+        return graph.replay, finite, max(torch.cuda.memory_reserved(self.device) - before, 0)
 
 
 @dataclass
 class _Graph:
     inputs: StaticInputs
-    bound: tuple
+    bound: tuple  # bound_pointers at capture
+    weights: tuple  # weight_pointers at capture
     replay: Callable[[], None]
-    finite: Tensor  # static output, overwritten by each replay
+    finite: Tensor  # static output outside the pool, overwritten by each replay of this graph only
 
 
 class GraphRunner:
@@ -154,14 +172,15 @@ class GraphRunner:
         replay, finite, grown = self.backend.capture(run)
         self.pool_bytes += grown
         self.captures[key] = self.captures.get(key, 0) + 1
-        return _Graph(static, bound_pointers(latents, dst, state), replay, finite)
+        return _Graph(static, bound_pointers(latents, dst, state, self.spec.solver), weight_pointers(self.spec.denoise),
+                      replay, finite)
 
     def __call__(self, key: StepKey, latents: Tensor, dst: Tensor, state: dict[str, Tensor],
                  inputs: StepInputs) -> Tensor:
         graph = self._graphs.get(key)
         if graph is None and key in self.fallbacks:
             return self._step(key)(latents, dst, state, *inputs.tensors())
-        if graph is None or graph.bound != bound_pointers(latents, dst, state) or \
+        if graph is None or graph.bound != bound_pointers(latents, dst, state, self.spec.solver) or \
                 graph.inputs.signature() != StaticInputs.signature_of(inputs):
             if graph is None and self.pool_budget_bytes is not None and self.pool_bytes >= self.pool_budget_bytes:
                 self.fallbacks[key] = (f"graph pool at {self.pool_bytes} bytes >= budget {self.pool_budget_bytes}: "
@@ -179,7 +198,12 @@ class GraphRunner:
         return graph.finite
 
     def reset(self) -> None:
-        """Zero every static input buffer in place; the graphs stay captured and valid."""
+        """Zero every static input buffer in place; the graphs stay captured and valid, except those captured
+        on weights that have moved since (`model.to(...)`, a reassigned parameter): dropped, re-captured on
+        their next call."""
+        weights = weight_pointers(self.spec.denoise)
+        for key in [k for k, g in self._graphs.items() if g.weights != weights]:
+            del self._graphs[key]
         for graph in self._graphs.values():
             graph.inputs.reset()
 

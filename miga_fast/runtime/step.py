@@ -156,7 +156,11 @@ def bind_step(**static) -> Callable:
 
 
 def _compile(fn: Callable) -> Callable:
-    """The one place the step is compiled (tests swap it for the identity to run the static step eagerly)."""
+    """The one place the step is compiled (tests swap it for the identity to run the static step eagerly); its code
+    goes to the persistent on-disk cache, so a later process starts warm (`compile_cache`)."""
+    from .compile_cache import use_persistent_cache
+
+    use_persistent_cache()
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
@@ -200,6 +204,9 @@ class StepRunner:
             self.compile_seconds[key] = time.perf_counter() - start
             return finite
         return fn(latents, dst, state, *inputs.tensors())
+
+    def reset(self) -> None:
+        """A new video: nothing to drop (compiled code is guarded on the weights it reads by dynamo itself)."""
 
 
 class StaticStepper:

@@ -6,17 +6,19 @@ import pytest
 import torch
 
 from miga_fast import ConfigError
-from miga_fast.export.onnx import DenoiserShape
+from miga_fast.export.onnx import DenoiserShape, ExportInfo
 from miga_fast.export.tensorrt import (
     INSTALL_HINT,
     CacheKey,
     Profile,
     build_engine,
+    check_profiles,
     dynamic_frames_profile,
     profile_for_kind,
     profiles_for_kinds,
     require_tensorrt,
     select_profile,
+    slug,
     static_profile,
     weights_hash,
 )
@@ -24,6 +26,21 @@ from miga_fast.runtime.step import StepKey
 
 SHAPE = DenoiserShape(batch=2, channels=16, frames=21, height=60, width=104, text_len=512, text_dim=4096)
 VERSIONS = {"tensorrt": "10.3.0", "cuda": "12.4", "torch": "2.5.0"}
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def write_export(path, info: ExportInfo):
+    """A minimal ONNX file (x -> pred) with the metadata `export_onnx` writes for `info`."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["pred"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("pred", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", info.opset or 20)])
+    helper.set_model_props(model, info.metadata())
+    onnx.save(model, str(path))
+    return path
 
 
 def kind(batch, frames, cfg=True, **kw):
@@ -63,21 +80,57 @@ def test_bad_profiles_are_rejected():
 
 def test_cache_key_changes_with_every_component():
     profiles = [profile_for_kind(kind(1, 21), SHAPE)]
-    base = CacheKey.make("w" * 64, profiles, "float16", "sm_90", VERSIONS)
-    assert base.digest() == CacheKey.make("w" * 64, list(profiles), "float16", "sm_90",
+    base = CacheKey.make("w" * 64, profiles, "float16", "sm_90", H100, VERSIONS)
+    assert base.digest() == CacheKey.make("w" * 64, list(profiles), "float16", "sm_90", H100,
                                           dict(reversed(VERSIONS.items()))).digest()
     variants = [
-        CacheKey.make("v" * 64, profiles, "float16", "sm_90", VERSIONS),
-        CacheKey.make("w" * 64, [profile_for_kind(kind(2, 21), SHAPE)], "float16", "sm_90", VERSIONS),
-        CacheKey.make("w" * 64, profiles + [profile_for_kind(kind(2, 21), SHAPE)], "float16", "sm_90", VERSIONS),
-        CacheKey.make("w" * 64, profiles, "bfloat16", "sm_90", VERSIONS),
-        CacheKey.make("w" * 64, profiles, "float16", "sm_89", VERSIONS),
-        CacheKey.make("w" * 64, profiles, "float16", "sm_90", {**VERSIONS, "tensorrt": "10.4.0"}),
-        CacheKey.make("w" * 64, profiles, "float16", "sm_90", {**VERSIONS, "cuda": "12.6"}),
+        CacheKey.make("v" * 64, profiles, "float16", "sm_90", H100, VERSIONS),
+        CacheKey.make("w" * 64, [profile_for_kind(kind(2, 21), SHAPE)], "float16", "sm_90", H100, VERSIONS),
+        CacheKey.make("w" * 64, profiles + [profile_for_kind(kind(2, 21), SHAPE)], "float16", "sm_90", H100,
+                      VERSIONS),
+        CacheKey.make("w" * 64, profiles, "bfloat16", "sm_90", H100, VERSIONS),
+        CacheKey.make("w" * 64, profiles, "float16", "sm_89", H100, VERSIONS),
+        CacheKey.make("w" * 64, profiles, "float16", "sm_90", "NVIDIA H200", VERSIONS),  # same sm_90, other GPU
+        CacheKey.make("w" * 64, profiles, "float16", "sm_90", H100, {**VERSIONS, "tensorrt": "10.4.0"}),
+        CacheKey.make("w" * 64, profiles, "float16", "sm_90", H100, {**VERSIONS, "cuda": "12.6"}),
     ]
     digests = {base.digest()} | {v.digest() for v in variants}
     assert len(digests) == len(variants) + 1
-    assert base.filename().startswith("denoiser-sm_90-float16-") and base.filename().endswith(".plan")
+    assert base.filename().startswith("denoiser-sm_90-nvidia-h100-80gb-hbm3-float16-")
+    assert base.filename().endswith(".plan")
+    assert variants[5].filename().startswith("denoiser-sm_90-nvidia-h200-float16-")
+
+
+def test_gpu_name_slug():
+    assert slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert slug("NVIDIA GeForce RTX 4090 (laptop) ") == "nvidia-geforce-rtx-4090-laptop"
+    assert CacheKey.make("w", [], "float32", "sm_90", H100, {}) == CacheKey.make("w", [], "float32", "sm_90",
+                                                                                  slug(H100), {})
+
+
+def test_profiles_must_fit_the_exports_axes():
+    """Profiles of several batch sizes need an export with a symbolic batch; each misfit names profile and axis."""
+    two_kinds = profiles_for_kinds([kind(1, 21), kind(3, 21)], SHAPE)  # denoiser batches 2 and 6
+    with pytest.raises(ConfigError, match=r"profile 'b6f21', input 'x', axis batch: needs 6\.\.6, the ONNX "
+                                          r"accepts only 2; export with dynamic_batch=\(lo, hi\) \(--dynamic-batch\)"):
+        check_profiles(two_kinds, ExportInfo(SHAPE))
+    check_profiles(two_kinds, ExportInfo(SHAPE, dynamic_batch=(2, 6)))
+    check_profiles(two_kinds[:1], ExportInfo(SHAPE))  # the export's own shape
+    with pytest.raises(ConfigError, match=r"'b6f21', input 'x', axis batch: needs 6\.\.6, the ONNX accepts 2\.\.4"):
+        check_profiles(two_kinds, ExportInfo(SHAPE, dynamic_batch=(2, 4)))
+
+    frames = [dynamic_frames_profile(SHAPE, 2, 32)]
+    with pytest.raises(ConfigError, match=r"'b2f2-32', input 'x', axis frames: needs 2\.\.32, the ONNX accepts "
+                                          r"only 21; export with dynamic_frames"):
+        check_profiles(frames, ExportInfo(SHAPE, dynamic_batch=(1, 8)))
+    check_profiles(frames, ExportInfo(SHAPE, dynamic_frames=(2, 32)))
+
+    other = DenoiserShape(batch=2, channels=16, frames=21, height=30, width=52, text_len=512, text_dim=4096)
+    with pytest.raises(ConfigError, match=r"input 'x', axis height: needs 30\.\.30, the ONNX accepts only 60; "
+                                          r"export for this height"):
+        check_profiles([static_profile("small", other.shapes())], ExportInfo(SHAPE, dynamic_frames=(2, 32)))
+    with pytest.raises(ConfigError, match=r"profile 'rank', input 't': 3 axes, the ONNX's has 2"):
+        check_profiles([Profile("rank", (("t", (2, 21, 1), (2, 21, 1), (2, 21, 1)),))], ExportInfo(SHAPE))
 
 
 def test_weights_hash_covers_the_external_data(tmp_path):
@@ -92,18 +145,29 @@ def test_weights_hash_covers_the_external_data(tmp_path):
 
 def test_cache_hit_needs_no_tensorrt(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
-    onnx = tmp_path / "m.onnx"
-    onnx.write_bytes(b"graph")
+    onnx = write_export(tmp_path / "m.onnx", ExportInfo(SHAPE))
     profiles = [profile_for_kind(kind(1, 21), SHAPE)]
-    key = CacheKey.make(weights_hash(onnx), profiles, "float16", "sm_90", VERSIONS)
+    key = CacheKey.make(weights_hash(onnx), profiles, "bfloat16", "sm_90", H100, VERSIONS)  # the default dtype
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / key.filename()).write_bytes(b"engine")
-    plan = build_engine(onnx, profiles, cache_dir=tmp_path / "cache", arch="sm_90", versions=VERSIONS)
+    gpu = dict(arch="sm_90", device_name=H100, versions=VERSIONS)
+    plan = build_engine(onnx, profiles, cache_dir=tmp_path / "cache", **gpu)
     assert plan.read_bytes() == b"engine"
     with pytest.raises(ImportError, match="pip install tensorrt"):  # a miss has to build
-        build_engine(onnx, profiles, cache_dir=tmp_path / "cache", arch="sm_89", versions=VERSIONS)
+        build_engine(onnx, profiles, cache_dir=tmp_path / "cache", **{**gpu, "device_name": "NVIDIA H200"})
     with pytest.raises(ConfigError, match="dtype"):
-        build_engine(onnx, profiles, cache_dir=tmp_path, dtype="int4", arch="sm_90", versions=VERSIONS)
+        build_engine(onnx, profiles, cache_dir=tmp_path, dtype="int4", **gpu)
+
+
+def test_build_checks_the_profiles_before_importing_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    onnx = write_export(tmp_path / "m.onnx", ExportInfo(SHAPE))  # batch 2 only
+    profiles = profiles_for_kinds([kind(1, 21), kind(2, 21)], SHAPE)
+    with pytest.raises(ConfigError, match=r"profile 'b4f21', input 'x', axis batch: .* dynamic_batch"):
+        build_engine(onnx, profiles, cache_dir=tmp_path, arch="sm_90", device_name=H100, versions=VERSIONS)
+    onnx = write_export(tmp_path / "m.onnx", ExportInfo(SHAPE, dynamic_batch=(2, 4)))
+    with pytest.raises(ImportError, match="pip install tensorrt"):  # they fit: on to TensorRT
+        build_engine(onnx, profiles, cache_dir=tmp_path, arch="sm_90", device_name=H100, versions=VERSIONS)
 
 
 def test_missing_tensorrt_names_the_install_command(monkeypatch):

@@ -146,6 +146,28 @@ def test_graphs_are_recaptured_when_the_ring_moves(toy):
     assert first and all(runner.captures[k] == 2 for k in first)
 
 
+def test_moved_weights_or_solver_tables_are_recaptured(toy):
+    model = ToyDenoiser(4, 8).eval()
+    cfg = preset("vc2-fifo", num_steps=16, window=8)
+    cond = torch.randn(1, 3, 8)
+    e = Engine(model, make_solver(cfg.solver, cfg.num_steps), cfg, SHAPE, cond=cond, uncond=cond * 0.1,
+               guidance_scale=3.0, seed=3, mode="compile")
+    runner = with_fake_graphs(e)
+    run(e, 8)
+    kinds = set(runner.captures)
+    e.reset(3, cond, cond * 0.1)  # weights unchanged: the graphs are kept
+    run(e, 8)
+    assert runner.captures == {k: 1 for k in kinds}
+    model.conv.weight = torch.nn.Parameter(model.conv.weight.detach().clone())  # new address, same values
+    e.reset(3, cond, cond * 0.1)
+    first = run(e, 8)
+    assert runner.captures == {k: 2 for k in kinds}
+    e.solver.alphas = e.solver.alphas.clone()  # a moved table is seen on the next call, not only on reset
+    e.reset(3, cond, cond * 0.1)
+    assert torch.equal(run(e, 8), first)
+    assert runner.captures == {k: 3 for k in kinds}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name, overrides", [("vc2-fifo", dict(num_steps=16, window=8)),
                                              ("vc2-miga-stream", dict(SMALL_MIGA, solver="flow_unipc"))])
