@@ -192,8 +192,7 @@ def test_unipc_reset_slots():
 
     solver.reset_slots(state, torch.tensor([1]))
     assert state["count"].tolist() == [0, 0, 0, 2]
-    for name in ("x0_prev", "x0_prev2", "last_sample"):
-        assert state[name][1].abs().max() == 0
+    assert state["history"][1].abs().max() == 0
     for k, v in state.items():
         torch.testing.assert_close(v[3], untouched[k], rtol=0, atol=0)
 
