@@ -206,7 +206,7 @@ def onnxruntime_parity(path: str | Path, model, shape: DenoiserShape, frames: in
 
 def load_denoiser(path: str | Path, *, height: int | None, width: int | None,
                   text_len: int | None) -> tuple[nn.Module, dict]:
-    """A bundled-model .safetensors (its `.dit`, sizes from the bundle) or a diffusers Wan folder
+    """A bundled-model .safetensors (its denoiser `.net`, sizes from the bundle) or a diffusers Wan folder
     (sizes must be given) -> (denoiser module, default infer_shape keywords)."""
     path = Path(path)
     if path.is_file() and path.suffix == ".safetensors":
@@ -214,7 +214,7 @@ def load_denoiser(path: str | Path, *, height: int | None, width: int | None,
 
         bundle = TinyVideoModel.load(path)
         spec = bundle.spec
-        return bundle.dit, dict(height=height or spec.frame_size, width=width or spec.frame_size,
+        return bundle.net, dict(height=height or spec.frame_size, width=width or spec.frame_size,
                                 text_len=text_len or spec.text_length)
     if path.is_dir():
         from ..models.wan import WanDiT

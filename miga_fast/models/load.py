@@ -79,11 +79,11 @@ class _TinyText(CachedTextEncoder):
 
 
 def tiny_bundle(model) -> ModelBundle:
-    """A loaded TinyVideoModel as a bundle (pixel space: IdentityCodec)."""
+    """A loaded TinyVideoModel as a bundle (pixel space: IdentityCodec; family by its architecture)."""
     spec = model.spec
-    patch = model.dit.config.patch_size
-    return ModelBundle(denoise=model.denoise, codec=IdentityCodec(), text=_TinyText(model.text), family="tiny",
-                       size=(spec.frame_size, spec.frame_size), size_multiple=math.lcm(patch[1], patch[2]),
+    family = "tiny" if spec.arch == "wan" else "tiny-vc2"  # presets tiny-* (flow UniPC) / tiny-vc2-* (DDIM)
+    return ModelBundle(denoise=model.denoise, codec=IdentityCodec(), text=_TinyText(model.text), family=family,
+                       size=(spec.frame_size, spec.frame_size), size_multiple=spec.size_multiple,
                        shift=spec.shift, guidance_scale=4.0, fps=12, render_scale=4, module=model)
 
 

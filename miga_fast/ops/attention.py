@@ -8,6 +8,12 @@ Backends:
 Without a choice, CUDA tensors use flash-attn, then xformers, when installed, and everything else uses
 SDPA. ``backend=`` or the ``MIGA_FAST_ATTN`` environment variable forces one and fails loudly when it
 cannot run. flash-attn and xformers are imported inside the functions that call them, never at import.
+
+Under ``torch.compile`` (the engine compiles with ``fullgraph=True``) the automatic choice keeps only backends
+dynamo can trace: flash-attn registers its kernels as torch custom ops from 2.6 on (older versions are opaque
+Python calls that graph-break, i.e. fail a fullgraph compile); xformers' ``memory_efficient_attention`` is
+not traceable either. There SDPA is chosen, which on CUDA runs its own flash / memory-efficient kernels.
+UNVERIFIED without a GPU: which flash-attn / xformers versions actually compile.
 """
 
 from __future__ import annotations
@@ -55,6 +61,31 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+@functools.cache
+def _version(package: str) -> tuple[int, ...]:
+    """(major, minor) of an installed distribution, (0,) when unknown; read from metadata, no import."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version(package.replace("_", "-"))
+    except PackageNotFoundError:
+        return (0,)
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def compile_unsafe_reason(backend: str) -> str | None:
+    """Why ``backend`` would break a ``fullgraph=True`` torch.compile, or None when dynamo can trace it."""
+    if backend == "flash" and _version("flash_attn") < (2, 6):
+        return f"flash-attn {'.'.join(map(str, _version('flash_attn')))} < 2.6 has no torch custom ops"
+    if backend == "xformers":
+        return "xformers' memory_efficient_attention is not traceable by dynamo"
+    return None
+
+
 def unavailable_reason(backend: str, q: Tensor) -> str | None:
     """Why ``backend`` cannot run on tensors like ``q``, or None when it can."""
     if backend == "sdpa":
@@ -74,7 +105,9 @@ def resolve_backend(q: Tensor, backend: str | None = None) -> str:
     if backend is None and os.environ.get(ENV_VAR):
         backend, source = os.environ[ENV_VAR], ENV_VAR
     if backend is None:
-        return next(b for b in ("flash", "xformers", "sdpa") if unavailable_reason(b, q) is None)
+        compiling = torch.compiler.is_compiling()
+        return next(b for b in ("flash", "xformers", "sdpa") if unavailable_reason(b, q) is None
+                    and not (compiling and compile_unsafe_reason(b)))
     if backend not in BACKENDS:
         raise ValueError(f"{source} must be one of {BACKENDS} (got {backend!r})")
     reason = unavailable_reason(backend, q)

@@ -203,6 +203,7 @@ PRESETS: dict[str, PlanConfig] = {
         candidates=3,
         reflect_threshold=0.01,
     ),
+    # (tiny-vc2-*: the same schedules for the bundled UNet, appended below with DDIM, VideoCrafter2's sampler)
     # Official Wan2.1-1.3B MIGA (configs/wan2.1_1.3B.yaml + text2video.py literals); level i = 53 - s.
     "wan-miga": PlanConfig(
         family="wan",
@@ -222,6 +223,10 @@ PRESETS: dict[str, PlanConfig] = {
         reflect_threshold=0.01,
     ),
 }
+# The bundled UNet (arch "vc2": pixel-space VC2UNet, epsilon prediction): the tiny schedules on VideoCrafter2's DDIM
+# tables, where the official VC2 code never takes the level-0 step (DDIM's is an identity there).
+PRESETS.update({f"tiny-vc2-{name}": dataclasses.replace(PRESETS[f"tiny-{name}"], solver="ddim", final_step=False)
+                for name in ("fifo", "miga", "miga-stream")})
 PRESETS["wan-miga-stream"] = dataclasses.replace(PRESETS["wan-miga"], mode="miga-stream")
 
 

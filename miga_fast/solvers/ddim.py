@@ -17,6 +17,14 @@ from ..errors import require
 from .base import Solver, compute_dtype, per_latent
 
 
+def vc2_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
+                       beta_end: float = 0.012) -> np.ndarray:
+    """float64 ``[num_train_timesteps]`` cumulative alphas of the "scaled_linear" betas of LDM / VideoCrafter2:
+    training noises ``x_t = sqrt(acp[t]) x0 + sqrt(1 - acp[t]) eps`` and DDIM samples on the same table."""
+    betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
 class DDIMSolver(Solver):
     """DDIM over the levels ``i -> i-1`` with per-latent levels.
 
@@ -39,9 +47,7 @@ class DDIMSolver(Solver):
         require(1 <= num_steps <= num_train_timesteps, "num_steps", f"in [1, {num_train_timesteps}]", num_steps)
         self.num_steps = num_steps
         self.eta = float(eta)
-        # "scaled_linear" betas of LDM / VideoCrafter2.
-        betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
-        acp = np.cumprod(1.0 - betas)
+        acp = vc2_alphas_cumprod(num_train_timesteps, beta_start, beta_end)
         ts = np.linspace(0, num_train_timesteps - 1, num_steps).round().astype(np.int64)
         a = acp[ts]
         a_prev = np.concatenate([acp[:1], acp[ts[:-1]]])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from miga_fast.models.tiny import train
-from miga_fast.models.tiny.bundle import TinySpec, TinyVideoModel
+from miga_fast.models.tiny.bundle import VC2_TINY_UNET, TinySpec, TinyVideoModel
 from miga_fast.models.tiny.clips import clip_grid, sample_plain_clips
 
 TINY = TinySpec(frame_size=8, text_dim=16, dit=dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
@@ -117,3 +117,59 @@ def test_training_from_a_shallower_file_deepens_it(tmp_path, capsys):
     assert f"deepened {tmp_path / 'shallow.safetensors'} to {spec.dit['num_layers']} blocks" in capsys.readouterr().out
     trained = TinyVideoModel.load(tmp_path / "run" / "tiny_world.safetensors")
     assert len(trained.dit.blocks) == spec.dit["num_layers"] and trained.metadata["steps"] == "8"
+
+
+# The UNet architecture (arch "vc2": VC2UNet, epsilon on VideoCrafter2's DDPM, DDIM presets tiny-vc2-*)
+UNET = TinySpec.vc2(frame_size=8, text_dim=16, unet={**VC2_TINY_UNET, "context_dim": 16})
+
+
+def test_unet_bundle_round_trips_and_renders_with_the_ddim_presets(tmp_path):
+    from miga_fast.pipeline import load
+    from miga_fast.solvers import DDIMSolver
+
+    torch.manual_seed(0)
+    model = TinyVideoModel(UNET)
+    model.save(tmp_path / "unet.safetensors", extra={"steps": 0})
+    loaded = TinyVideoModel.load(tmp_path / "unet.safetensors")
+    assert loaded.spec == UNET and loaded.spec.prediction == "eps" and not hasattr(loaded, "dit")
+    for (name, p), q in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    gen = load(tmp_path / "unet.safetensors")
+    assert gen.family == "tiny-vc2" and gen.bundle.size_multiple == 4
+    for mode in ("fifo", "miga-stream"):
+        frames = list(gen.stream(PROMPT, frames=10, mode=mode, seed=1))
+        assert len(frames) == 10 and frames[0].shape == (8, 8, 3) and frames[0].dtype.name == "uint8"
+        assert isinstance(gen.engines[-1].solver, DDIMSolver)
+
+
+def test_unet_plain_clip_sampler_lands_on_the_clip_an_oracle_denoises_to():
+    """DDIM with the exact epsilon of one target clip ends on it, up to the noise DDPM step 0 keeps."""
+    from miga_fast.solvers.ddim import vc2_alphas_cumprod
+
+    torch.manual_seed(0)
+    model = TinyVideoModel(UNET)
+    target = torch.rand(2, 3, UNET.window, UNET.frame_size, UNET.frame_size) * 2 - 1
+    acp = torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32)
+
+    def oracle(x, t, cond):  # x [2B, 3, F, H, W], t [2B, F] integer DDPM steps
+        a = acp[t.long()].view(t.shape[0], 1, t.shape[1], 1, 1)
+        return (x - a.sqrt() * torch.cat([target, target])) / (1 - a).sqrt()
+
+    model.denoise = oracle
+    clips = sample_plain_clips(model, [PROMPT, PROMPT], steps=8, seed=3)
+    err = (clips - target).abs()
+    assert err.mean() < 0.03 and err.max() < 0.2  # sqrt(1 - acp[0]) = 0.029 of noise is left, as in VideoCrafter2
+
+
+def test_unet_training_is_resumable_and_keeps_its_architecture(tmp_path, capsys):
+    args = ["--arch", "vc2", "--workdir", str(tmp_path), "--pool", "32", "--batch", "1", "--image-batch", "1"]
+    train.main([*args, "--steps", "2"])
+    first = TinyVideoModel.load(tmp_path / "tiny_world.safetensors")
+    assert first.spec.arch == "vc2" and first.metadata["steps"] == "2"
+    assert not torch.equal(first.unet.out[-1].weight, TinyVideoModel(first.spec).unet.out[-1].weight)
+    train.main([*args, "--steps", "3"])
+    assert "resumed from" in capsys.readouterr().out
+    with open(tmp_path / "loss.csv") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3]
+    with pytest.raises(SystemExit, match="is a run of --arch vc2"):
+        train.main(["--workdir", str(tmp_path), "--pool", "32", "--steps", "4"])

@@ -301,6 +301,22 @@ def test_attention_dispatch(monkeypatch):
         attention(q, k, v, backend="xformers")
 
 
+def test_attention_auto_choice_under_compile_keeps_traceable_backends(monkeypatch):
+    from miga_fast.ops import attention as attn
+
+    q = torch.randn(1, 2, 4, 8)
+    monkeypatch.setattr(attn, "unavailable_reason", lambda backend, q: None)  # as on a GPU with both installed
+    compiling = {"on": False}
+    monkeypatch.setattr(attn.torch.compiler, "is_compiling", lambda: compiling["on"])
+    for version, under_compile in (((2, 5), "sdpa"), ((2, 6), "flash")):
+        monkeypatch.setattr(attn, "_version", lambda package, v=version: v)
+        compiling["on"] = False
+        assert resolve_backend(q) == "flash"
+        compiling["on"] = True
+        assert resolve_backend(q) == under_compile
+    assert "not traceable" in attn.compile_unsafe_reason("xformers") and attn.compile_unsafe_reason("sdpa") is None
+
+
 def test_modulation_memory_formulas():
     # Wan2.1-1.3B at 480p: 81 frames -> 21 latent frames of 60 x 104, dim 1536, CFG batch 2
     args = dict(batch=2, frames=21, height=60, width=104, patch=(1, 2, 2), dim=1536)

@@ -1,24 +1,37 @@
-"""The bundled model: a small Wan2.1 DiT in pixel space + the tiny text encoder, one safetensors file.
+"""The bundled model: a small denoiser in pixel space + the tiny text encoder, one safetensors file.
 
-The file stores both modules' weights (prefixes `dit.` and `text.`) and, in its metadata, the DiT's
-WanConfig, the text encoder's size, the frame size, the native window and the flow schedule, so
-loading needs nothing but the file.
+Two architectures (`TinySpec.arch`):
+  * "wan": a Wan2.1 DiT (`WanDiT`), flow matching, sampled with flow UniPC (presets tiny-*);
+  * "vc2": a VideoCrafter2 3-D UNet (`VC2UNet`), epsilon prediction on VideoCrafter2's DDPM tables, sampled with
+    its DDIM (presets tiny-vc2-*): the setting of the FIFO-Diffusion and MIGA papers' headline numbers.
+
+The file stores both modules' weights (prefixes `dit.` or `unet.`, and `text.`) and, in its metadata, the spec
+(architecture config, text encoder size, frame size, native window, schedule), so loading needs nothing but
+the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..vc2_unet import VC2Config, VC2UNet
 from ..wan import WanConfig, WanDiT
 from .text import TinyTextEncoder
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "tiny_world.safetensors"
+ARCHS = ("wan", "vc2")
+# A VC2UNet a CPU trains (about 0.6 s for 4 clips of 8 frames at 32x32, fwd + bwd, 2 threads): two
+# resolution levels below the input, spatial + temporal attention only at the lowest (8x8), no init_attn / fps.
+VC2_TINY_UNET = dict(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                     attention_resolutions=(4,), num_head_channels=32, context_dim=64, addition_attention=False,
+                     fps_cond=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +42,9 @@ class TinySpec:
     window: int = 8  # f0: frames per native clip
     text_dim: int = 64
     text_length: int = 12
-    shift: float = 3.0  # flow-matching sigma shift used in training and sampling
+    shift: float = 3.0  # flow-matching sigma shift used in training and sampling (arch "wan")
+    arch: str = "wan"  # "wan" (WanDiT, `dit`) or "vc2" (VC2UNet, `unet`)
+    unet: dict | None = None  # VC2Config keywords (arch "vc2")
     dit: dict = dataclasses.field(default_factory=lambda: dict(
         patch_size=(1, 4, 4), num_attention_heads=4, attention_head_dim=24, in_channels=3, out_channels=3,
         text_dim=64, freq_dim=64, ffn_dim=256, num_layers=6,
@@ -38,22 +53,59 @@ class TinySpec:
         # similarity falls with distance (0.85 for neighbours, 0.26 at 6)
         rope_theta=20.0))
 
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"TinySpec.arch must be one of {ARCHS} (got {self.arch!r})")
+        if self.arch == "vc2" and not self.unet:
+            raise ValueError("TinySpec.unet (VC2Config keywords) is required for arch 'vc2'")
+
+    @classmethod
+    def vc2(cls, **kw) -> TinySpec:
+        """The bundled UNet's spec (VC2_TINY_UNET), `kw` overriding fields."""
+        return cls(**{"arch": "vc2", "unet": dict(VC2_TINY_UNET), **kw})
+
+    @property
+    def prediction(self) -> str:
+        """What the denoiser predicts: "flow" (wan) or "eps" (vc2)."""
+        return "flow" if self.arch == "wan" else "eps"
+
+    @property
+    def size_multiple(self) -> int:
+        """Frame sides must be multiples of this (the DiT's patch, the UNet's downsampling)."""
+        if self.arch == "wan":
+            return math.lcm(self.dit["patch_size"][1], self.dit["patch_size"][2])
+        return 2 ** (len(self.unet["channel_mult"]) - 1)
+
 
 class TinyVideoModel(nn.Module):
-    """denoise(x [B, 3, F, H, W] in [-1, 1] pixel space, t [B, F], text [B, S, D]) -> flow."""
+    """denoise(x [B, 3, F, H, W] in [-1, 1] pixel space, t [B, F], text [B, S, D]) -> flow (wan) or eps (vc2).
+
+    The denoiser is `self.dit` (arch "wan") or `self.unet` (arch "vc2"); `self.net` is whichever it is.
+    """
 
     def __init__(self, spec: TinySpec = TinySpec()):
         super().__init__()
         self.spec = spec
-        self.dit = WanDiT(WanConfig(**spec.dit))
+        if spec.arch == "wan":
+            self.dit = WanDiT(WanConfig(**spec.dit))
+        else:
+            self.unet = VC2UNet(VC2Config(**spec.unet))
         self.text = TinyTextEncoder(spec.text_dim, spec.text_length)
 
+    @property
+    def net(self) -> nn.Module:
+        return self.dit if self.spec.arch == "wan" else self.unet
+
+    @property
+    def _prefix(self) -> str:
+        return "dit." if self.spec.arch == "wan" else "unet."
+
     def denoise(self, x, t, cond):
-        return self.dit.denoise(x, t, cond)
+        return self.net.denoise(x, t, cond)
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         meta = {"spec": json.dumps(dataclasses.asdict(self.spec)), **{k: str(v) for k, v in (extra or {}).items()}}
-        tensors = {f"dit.{k}": v.contiguous() for k, v in self.dit.state_dict().items()}
+        tensors = {f"{self._prefix}{k}": v.contiguous() for k, v in self.net.state_dict().items()}
         tensors.update({f"text.{k}": v.contiguous() for k, v in self.text.state_dict().items()})
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
@@ -72,9 +124,12 @@ class TinyVideoModel(nn.Module):
             raise ValueError(f"{path} is not a miga_fast bundled-model file (no 'spec' metadata)")
         spec_dict = json.loads(meta["spec"])
         spec_dict["dit"]["patch_size"] = tuple(spec_dict["dit"]["patch_size"])
+        if spec_dict.get("unet"):  # JSON has no tuples
+            spec_dict["unet"] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec_dict["unet"].items()}
         model = cls(TinySpec(**spec_dict))
         state = load_file(str(path))
-        model.dit.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("dit.")}, strict=True)
+        n = len(model._prefix)
+        model.net.load_state_dict({k[n:]: v for k, v in state.items() if k.startswith(model._prefix)}, strict=True)
         model.text.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")}, strict=True)
         model.metadata = meta
         return model.to(device).eval()

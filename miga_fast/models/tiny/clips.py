@@ -3,21 +3,24 @@
     python -m miga_fast.models.tiny.clips WEIGHTS [WEIGHTS ...] -o clips.png [--seeds 2] [--steps 16]
 
 Every frame of a clip sits at one noise level for the whole run (the condition the model is trained in),
-stepped by the per-slot UniPC solver with the model's own shift and guidance scale: the tiny presets' sampler
-without the queue. Rows, per prompt: the world's ground truth, then one row per weights file and seed; columns:
-the f0 frames. It is the check that the model itself draws the scene before FIFO / MIGA stretch it out.
+stepped by the model's own presets' solver (flow UniPC with its shift for the DiT, DDIM for the UNet) and
+guidance scale: the presets' sampler without the queue. Rows, per prompt: the world's ground truth, then one
+row per weights file and seed; columns: the f0 frames. It is the check that the model itself draws the scene
+before FIFO / MIGA stretch it out.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ...solvers import make_solver
+from ...plan import PRESETS
+from ...solvers import solver_for
 from ...video import contact_sheet, to_uint8
 from ..load import tiny_bundle
 from .bundle import TinyVideoModel
@@ -42,10 +45,12 @@ def sample_plain_clips(model: TinyVideoModel, prompts: list[str], steps: int = 1
     b, f = len(prompts), model.spec.window
     c, h, w = bundle.latent_shape()
     n = b * f  # latents are frames, clip-major, as the engine holds them
-    solver = make_solver("flow_unipc", steps, shift=bundle.shift)
+    # the presets' solver (and shift rule) at `steps` levels; no queue here, so no schedule validation
+    solver = solver_for(dataclasses.replace(PRESETS[f"{bundle.family}-fifo"], num_steps=steps), bundle.shift)
     state = solver.init_state(n, (c, h, w), "cpu", torch.float32)
     slots = torch.arange(n)
-    x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g)
     cond = torch.cat([bundle.text.encode(p) for p in prompts] + [bundle.text.encode(bundle.negative_prompt)] * b)
     for level in reversed(range(steps)):
         levels = torch.full((n,), level)
@@ -53,7 +58,8 @@ def sample_plain_clips(model: TinyVideoModel, prompts: list[str], steps: int = 1
         clips = x.view(b, f, c, h, w).transpose(1, 2)
         pred_cond, pred_uncond = bundle.denoise(torch.cat([clips, clips]), torch.cat([t, t]), cond).chunk(2)
         pred = pred_uncond + guidance * (pred_cond - pred_uncond)  # CFG as the engine combines it
-        x = solver.step(x, pred.transpose(1, 2).reshape(n, c, h, w), levels, slots=slots, state=state)
+        noise = torch.randn(x.shape, generator=g) if solver.stochastic else None  # DDIM's eta > 0
+        x = solver.step(x, pred.transpose(1, 2).reshape(n, c, h, w), levels, slots=slots, state=state, noise=noise)
     return x.view(b, f, c, h, w).transpose(1, 2).clamp(-1, 1)
 
 

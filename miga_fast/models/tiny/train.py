@@ -1,6 +1,7 @@
-"""Train the bundled model on the procedural world (flow matching, one level per clip).
+"""Train the bundled model on the procedural world (one noise level per clip).
 
-    python -m miga_fast.models.tiny.train --minutes 50 --workdir runs/tiny
+    python -m miga_fast.models.tiny.train --minutes 50 --workdir runs/tiny               # DiT, flow matching
+    python -m miga_fast.models.tiny.train --arch vc2 --minutes 50 --workdir runs/unet    # UNet, epsilon + DDPM
 
 Deterministic for a given seed, resumable (re-run the same command: it continues from
 <workdir>/checkpoint.pt, saved every 200 steps and on Ctrl-C; the clip pool is rendered anew on resume, so a
@@ -26,8 +27,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ...solvers.ddim import vc2_alphas_cumprod
 from ..wan import WanDiT
-from .bundle import TinySpec, TinyVideoModel
+from .bundle import ARCHS, TinySpec, TinyVideoModel
 from .world import sample_clips
 
 
@@ -90,6 +92,25 @@ def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
+_ALPHAS_CUMPROD = torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32)  # [1000], VideoCrafter2's DDPM table
+
+
+def noised(spec: TinySpec, x0: torch.Tensor, u: torch.Tensor, eps: torch.Tensor,
+           shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean clips ``x0 [n, 3, F, H, W]`` noised at one level per clip, from uniform ``u [n]`` and noise ``eps``:
+    ``(x_t, t [n, F], target)``. Flow (arch "wan"): sigma = shifted u, x_t = (1 - s) x0 + s eps, target eps - x0,
+    t = 1000 sigma. Epsilon (arch "vc2"): DDPM step t = floor(1000 u), x_t = sqrt(acp) x0 + sqrt(1 - acp) eps,
+    target eps."""
+    frames = x0.shape[2]
+    if spec.prediction == "flow":
+        sigma = shifted_sigma(u, shift)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        return (1 - s) * x0 + s * eps, (sigma * 1000).view(-1, 1).expand(-1, frames), eps - x0
+    step = (u * 1000).long().clamp(max=999)
+    a = _ALPHAS_CUMPROD[step].view(-1, 1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps, step.float().view(-1, 1).expand(-1, frames), eps
+
+
 def plot_loss(csv_path: Path, png_path: Path) -> None:
     try:
         import matplotlib
@@ -111,7 +132,7 @@ def plot_loss(csv_path: Path, png_path: Path) -> None:
     ax.plot(steps, losses, alpha=0.3, label="loss")
     ax.plot(steps, smooth, label=f"moving mean ({k})")
     ax.set_xlabel("step")
-    ax.set_ylabel("flow-matching MSE")
+    ax.set_ylabel("training MSE (flow or epsilon)")
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
@@ -122,13 +143,16 @@ def plot_loss(csv_path: Path, png_path: Path) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/tiny")
+    p.add_argument("--arch", default="wan", choices=ARCHS,
+                   help="wan: the DiT, flow matching (default); vc2: the 3-D UNet, epsilon on VideoCrafter2's DDPM")
     p.add_argument("--steps", type=int, default=100_000, help="stop after this many steps")
     p.add_argument("--minutes", type=float, default=50.0, help="stop after this much wall time (this session)")
-    p.add_argument("--batch", type=int, default=12, help="clips of f0 frames per step")
-    p.add_argument("--image-batch", type=int, default=32, help="single frames per step (joint image training)")
+    p.add_argument("--batch", type=int, default=None, help="clips of f0 frames per step (default wan 12, vc2 4)")
+    p.add_argument("--image-batch", type=int, default=None,
+                   help="single frames per step, joint image training (default wan 32, vc2 8)")
     p.add_argument("--sigma-shift", type=float, default=1.0,
                    help="shift of the training sigmas (1 = uniform; sampling keeps the model's own shift)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default wan 1e-3, vc2 5e-4)")
     p.add_argument("--pool", type=int, default=2048, help="clips kept rendered")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="fraction of prompts replaced by ''")
@@ -137,11 +161,15 @@ def main(argv=None) -> None:
                         "the step count continues from the file's 'steps' metadata; a file with fewer blocks "
                         "than the spec is deepened first (see deepen)")
     args = p.parse_args(argv)
+    wan = args.arch == "wan"
+    args.batch = (12 if wan else 4) if args.batch is None else args.batch
+    args.image_batch = (32 if wan else 8) if args.image_batch is None else args.image_batch
+    args.lr = (1e-3 if wan else 5e-4) if args.lr is None else args.lr
 
     torch.manual_seed(args.seed)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    spec = TinySpec()
+    spec = TinySpec() if wan else TinySpec.vc2()
     model = TinyVideoModel(spec)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -150,7 +178,10 @@ def main(argv=None) -> None:
     ckpt = work / "checkpoint.pt"
     if args.init is not None and not ckpt.exists():
         start_model = TinyVideoModel.load(args.init)
-        if len(start_model.dit.blocks) < len(model.dit.blocks):
+        if start_model.spec.arch != args.arch:
+            raise SystemExit(f"--init {args.init} is an arch {start_model.spec.arch!r} model; this run is --arch "
+                             f"{args.arch}")
+        if wan and len(start_model.dit.blocks) < len(model.dit.blocks):
             deepen(start_model.dit, len(model.dit.blocks))
             print(f"deepened {args.init} to {len(model.dit.blocks)} blocks (new ones start as the identity)")
         model.load_state_dict(start_model.state_dict())
@@ -159,6 +190,9 @@ def main(argv=None) -> None:
         print(f"initialised from {args.init} (step {step})")
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
+        if state.get("arch", "wan") != args.arch:
+            raise SystemExit(f"{ckpt} is a run of --arch {state.get('arch', 'wan')}; resume it with that --arch "
+                             "or use another --workdir")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -176,9 +210,11 @@ def main(argv=None) -> None:
         writer.writerow(["step", "loss", "seconds"])
 
     def save():
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+        torch.save({"arch": args.arch, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "step": step,
                     "init_step": init_step, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt)
-        meta = {"steps": step, "seed": args.seed, "batch": args.batch, "image_batch": args.image_batch}
+        meta = {"steps": step, "seed": args.seed, "batch": args.batch, "image_batch": args.image_batch,
+                "lr": args.lr}
         ema.save(work / "tiny_world.safetensors", extra=meta)
         log.flush()
         plot_loss(log_path, work / "loss.png")
@@ -194,14 +230,12 @@ def main(argv=None) -> None:
                     continue
                 x0, prompts = pool.batch(n, frames)
                 prompts = ["" if rng.random() < args.cfg_dropout else q for q in prompts]
-                sigma = shifted_sigma(torch.rand(n), args.sigma_shift)
+                u = torch.rand(n)
                 eps = torch.randn_like(x0)
-                s = sigma.view(-1, 1, 1, 1, 1)
-                xt = (1 - s) * x0 + s * eps
-                t = (sigma * 1000).view(-1, 1).expand(-1, frames)  # one level per clip (training condition)
-                pred = model.dit(xt, t, model.text.encode(prompts))
+                xt, t, target = noised(spec, x0, u, eps, args.sigma_shift)  # one level per clip (training condition)
+                pred = model.net(xt, t, model.text.encode(prompts))
                 # weighted by frames, so a step's loss is the MSE over every frame it saw
-                loss = loss + (pred - (eps - x0)).pow(2).mean() * (n * frames)
+                loss = loss + (pred - target).pow(2).mean() * (n * frames)
             loss = loss / (args.batch * spec.window + args.image_batch)
             cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - init_step) / max(1, args.steps - init_step))))
             # warm-up restarts with a fresh optimizer (--init): Adam's moments start at zero again
