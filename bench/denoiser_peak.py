@@ -2,7 +2,8 @@
 
 Times one CFG window call of the bundled denoiser (batch 2, the native window f0 = 8 frames, 32x32, per-frame
 timesteps), eager and torch.compile'd (the compile, i.e. the first call, reported apart), medians of --repeats
-after --warmup, and a 2048^3 fp32 matmul on the same threads, in one process; FLOPs of the call by torch's
+after --warmup, and a 2048^3 fp32 matmul on the same threads right before and after each timing (their mean is
+the peak of that row), in one process; FLOPs of the call by torch's
 FlopCounterMode (attention included: see count_cpu_attention_flops). Prints GFLOP/s, the ratio to the GEMM peak
 and the top ops of a torch.profiler run; writes results/denoiser_peak.csv (one row per dtype and executor).
 
@@ -69,8 +70,10 @@ def main() -> None:
     from miga_fast.models.tiny.bundle import DEFAULT_WEIGHTS, TinyVideoModel
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    gemm_s = median_seconds(lambda: a @ b, 2, 7)
-    peak = 2 * 2048**3 / gemm_s / 1e9
+
+    def gemm_peak() -> float:
+        return 2 * 2048**3 / median_seconds(lambda: a @ b, 2, 5) / 1e9
+
     rows = []
     for name, executor in [(d, e) for d in args.dtypes.split(",") for e in args.executors.split(",")]:
         dtype = getattr(torch, name)
@@ -88,7 +91,11 @@ def main() -> None:
             t0 = time.perf_counter()
             denoise(x, t, cond)  # compile mode: the compile (reported apart)
             first_s = time.perf_counter() - t0
+            # the peak right before and after the call's timing: a machine whose speed drifts (shared hosts) moves
+            # both alike, so the ratio stays a same-conditions figure
+            before = gemm_peak()
             call_s = median_seconds(lambda f=denoise, a=(x, t, cond): f(*a), args.warmup, args.repeats)
+            peak = statistics.median([before, gemm_peak()])
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 for _ in range(5):
                     denoise(x, t, cond)

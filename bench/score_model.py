@@ -1,11 +1,12 @@
 """Score the bundled model with `miga_fast.quality.scorer`: plain clips and long miga-stream renders.
 
-    OMP_NUM_THREADS=1 python bench/score_model.py [--frames 256] [--seeds 3]
+    OMP_NUM_THREADS=1 python bench/score_model.py [--frames 256] [--seeds 3] [--weights FILE --name NAME]
 
 Plain clips: the model's own 8-frame window, every frame at one level (`models.tiny.clips.sample_plain_clips`),
 `--seeds` seeds x 12 prompts covering every shape, motion and pattern. Long renders: 4 prompts through
 `gen.stream(prompt, frames, mode="miga-stream", seed=0)`, scored in 8-frame windows. The world's own clips of the
-same prompts are scored too, as the reference. Writes bench/results/quality/scorer_current_model.{csv,md}.
+same prompts are scored too, as the reference. Writes bench/results/quality/scorer_<name>.{csv,md} (name default
+`current_model`: the shipped weights); `--frames 0` scores plain clips only.
 """
 
 from __future__ import annotations
@@ -61,10 +62,12 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--frames", type=int, default=256, help="frames per long render")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--weights", type=Path, default=None, help="a bundled-model file (default: the shipped one)")
+    p.add_argument("--name", default="current_model", help="output files scorer_<name>.csv / .md")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    gen = miga_fast.load_default()
+    gen = miga_fast.load(args.weights) if args.weights else miga_fast.load_default()
     rows, groups = [], {"world clips (8 frames)": [], "plain clips (8 frames)": [],
                         f"world ({args.frames} frames)": [], f"miga-stream ({args.frames} frames)": []}
     rng = random.Random(0)
@@ -82,7 +85,7 @@ def main(argv=None) -> None:
             groups["plain clips (8 frames)"].append(s := score_clip(to_uint8(clip.transpose(0, 1)), prompt))
             rows.append(row("plain clip", prompt, seed, s, seconds))
     print(f"plain clips done ({time.perf_counter() - start:.0f} s)", flush=True)
-    for prompt in LONG:
+    for prompt in LONG if args.frames else []:
         scene = parse_prompt(prompt)
         truth = to_uint8(render(scene, args.frames, 32, phase=(rng.random(), rng.random())))
         groups[f"world ({args.frames} frames)"].append(s := score_video(truth, prompt))
@@ -94,16 +97,21 @@ def main(argv=None) -> None:
         rows.append(row("miga-stream", prompt, 0, s, seconds))
         print(f"{prompt}: {s.summary()} ({seconds:.0f} s)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "scorer_current_model.csv", "w", newline="") as f:
+    with open(args.out / f"scorer_{args.name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows({k: (f"{v:.4f}" if isinstance(v, float) and k != "seconds" else v) for k, v in r.items()}
                     for r in rows)
     minutes = (time.perf_counter() - start) / 60
-    lines = ["# Scorer on the current bundled model", "",
-             f"`OMP_NUM_THREADS=1 python bench/score_model.py --seeds {args.seeds} --frames {args.frames}` "
-             f"({minutes:.1f} min, 1 thread). Scorer: `miga_fast/quality/scorer.py`; rows: "
-             "`scorer_current_model.csv`.", "",
+    weights = args.weights or "the shipped bundled model"
+    spec, params = gen.model.spec, sum(p.numel() for p in gen.model.parameters())
+    lines = [f"# Scorer on {weights}", "",
+             f"Model: arch {spec.arch} ({spec.prediction} prediction), {params:,} parameters, "
+             f"{gen.model.metadata.get('steps', '?')} training steps.", "",
+             f"`OMP_NUM_THREADS=1 python bench/score_model.py --seeds {args.seeds} --frames {args.frames}"
+             + (f" --weights {args.weights} --name {args.name}" if args.weights else "")
+             + f"` ({minutes:.1f} min, 1 thread). Scorer: `miga_fast/quality/scorer.py`; rows: "
+             f"`scorer_{args.name}.csv`.", "",
              f"Plain clips: {args.seeds} seeds x {len(PROMPTS)} prompts (every shape, motion and pattern), the "
              "model's 8-frame window with every frame at one level, one motion window each. Long: "
              f"{len(LONG)} prompts x {args.frames} frames of miga-stream, seed 0, motion in 8-frame windows. "
@@ -115,6 +123,8 @@ def main(argv=None) -> None:
              "| videos | shape | shape judged | motion | motion judged | one object | wrapped |",
              "|---|---|---|---|---|---|---|"]
     for name, scores in groups.items():
+        if not scores:  # --frames 0: no long renders
+            continue
         a = pooled(scores)
         lines.append(f"| {name} | {a['shape']:.3f} | {a['shape judged']:.2f} | {a['motion']:.3f} | "
                      f"{a['motion judged']:.2f} | {a['one object']:.3f} | {a['wrapped']:.3f} |")
@@ -123,7 +133,7 @@ def main(argv=None) -> None:
         read = Counter(x for sc in groups["plain clips (8 frames)"] if f" {shape} " in sc.prompt for x in sc.shape
                        if x)
         lines.append(f"- {shape}: " + (", ".join(f"{k} {v}" for k, v in read.most_common()) or "none judged"))
-    (args.out / "scorer_current_model.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"scorer_{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
