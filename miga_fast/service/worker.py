@@ -99,9 +99,11 @@ class RenderWorker:
                 self.store.update(job.id, frames_done=index + 1)
 
         try:
+            # eager: a compile (45 s cold on a CPU, uninterruptible) would hold the first frame and a cancel of a
+            # long job; engine mode "auto" would pick it for jobs over its break-even
             result = self.gen.render(path, progress=False, resume=True, checkpoint_every=self.checkpoint_every,
                                      stop=lambda: job.id in self.cancelled or self._stop.is_set(),
-                                     on_frame=on_frame, **job.request)
+                                     on_frame=on_frame, engine_mode="eager", **job.request)
         except Exception as exc:  # noqa: BLE001 (the job fails, the server goes on)
             self.store.update(job.id, status="failed", error=" ".join(f"{type(exc).__name__}: {exc}".split()),
                               finished_at=time.time())

@@ -277,7 +277,7 @@ class FlowUniPCSolver(_FlowSolver):
         history = state["history"]
         inputs = torch.cat([x.to(cdt).reshape(n, 1, -1), pred.to(cdt).reshape(n, 1, -1),
                             history.index_select(0, slots).to(cdt).view(n, 3, -1)], 1)  # [N, 5, P]
-        out = torch.bmm(self._mix[levels, count], inputs)  # [N, 4, P]: x_c, m, m1 (the new history), x_next
+        out = torch.bmm(self._mix[levels, count].to(cdt), inputs)  # [N, 4, P]: x_c, m, m1 (the new history), x_next
         history.index_copy_(0, slots, out[:, :3].view(n, 3, *x.shape[1:]).to(history.dtype))
         state["count"].index_copy_(0, slots, (count + 1).clamp(max=2))
         return out[:, 3].view(x.shape).to(x.dtype)
