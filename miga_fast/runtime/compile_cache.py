@@ -3,9 +3,10 @@
 * `use_persistent_cache()`: inductor's on-disk caches (FX graphs, AOT autograd) go under `cache_root()/inductor`
   (`$MIGA_FAST_CACHE_DIR`, else `$XDG_CACHE_HOME/miga_fast`, else `~/.cache/miga_fast`) instead of torch's
   default under /tmp, which many systems empty at boot. An explicit `$TORCHINDUCTOR_CACHE_DIR` wins.
-* Warm markers: after a compiled engine has run, `mark_warm(key)` records that this exact engine (weights, plan,
-  shapes, torch) has code in that cache; `is_warm(key)` asks before a render. A marker only says what this
-  package wrote: a cache emptied by hand makes "auto" pick compile once at a cold start's cost.
+* Warm markers: after a compiled engine has run, `mark_warm(key)` records that this exact engine (denoiser class and
+  parameter shapes, plan, latent shape, torch) has code in that cache; `is_warm(key)` asks before a render. A
+  marker only says what this package wrote: a cache emptied by hand makes "auto" pick compile once at a cold
+  start's cost.
 * `choose_mode(device, frames, warm)`: "auto" on a CPU compiles when the video is long enough to repay the
   compile, by the break-even frame counts measured by `bench/compile_start.py` (bundled model, miga-stream,
   this 2-core CPU: cold start 45 s of compile, warm start 7 s, then x1.56 frames/s), else runs eager.
@@ -48,8 +49,9 @@ def caches_disabled() -> bool:
 
 
 def engine_key(**parts) -> str:
-    """A digest of what a compiled engine's code depends on (`parts`: weights hash, plan config, shapes, ...),
-    plus torch's version and the inductor cache folder."""
+    """A digest of what a compiled engine's code depends on (`parts`: denoiser class and parameter shapes, plan
+    config, latent shape, ...; not the weight values, which are graph inputs), plus torch's version and the
+    inductor cache folder."""
     blob = json.dumps({**parts, "torch": torch.__version__, "cache": str(use_persistent_cache())},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
