@@ -23,16 +23,11 @@ import torch
 
 import miga_fast
 from miga_fast.models.tiny.clips import sample_plain_clips
-from miga_fast.models.tiny.world import MOTIONS, PATTERNS, SHAPES, Scene, parse_prompt, render
+from miga_fast.models.tiny.evaluate import PROMPTS, pooled
+from miga_fast.models.tiny.world import SHAPES, parse_prompt, render
 from miga_fast.quality.scorer import score_clip, score_video
 from miga_fast.video import to_uint8
 
-# colour pairs far apart (no gray on white: the world's own dark white is 0.52, its gray 0.50)
-PAIRS = [("red", "blue"), ("yellow", "purple"), ("white", "green"), ("orange", "gray"), ("blue", "yellow"),
-         ("green", "white"), ("purple", "orange"), ("gray", "red"), ("white", "blue"), ("red", "green"),
-         ("yellow", "gray"), ("blue", "orange")]
-# i % 3, i % 5, i % 4 over 12 prompts: every shape, motion and pattern
-PROMPTS = [Scene(c, SHAPES[i % 3], list(MOTIONS)[i % 5], PATTERNS[i % 4], b).prompt for i, (c, b) in enumerate(PAIRS)]
 LONG = PROMPTS[:4]
 OUT = Path(__file__).parent / "results" / "quality"
 FIELDS = ("kind", "prompt", "seed", "frames", "shape_accuracy", "shape_frames", "motion_accuracy", "motion_windows",
@@ -43,18 +38,6 @@ def row(kind: str, prompt: str, seed: int, score, seconds: float = 0.0) -> dict:
     read = Counter(s for s in score.shape if s)
     return {"kind": kind, "prompt": prompt, "seed": seed, "frames": len(score.count), **score.summary(),
             "shapes_read": " ".join(f"{k}:{v}" for k, v in read.most_common()), "seconds": round(seconds, 1)}
-
-
-def pooled(scores) -> dict[str, float]:
-    """Accuracies over all judged frames / windows (not a mean of per-video fractions)."""
-    shape = np.concatenate([s.shape_ok for s in scores])
-    motion = np.concatenate([s.motion_ok for s in scores])
-    return {"shape": float(np.nanmean(shape)) if np.isfinite(shape).any() else float("nan"),
-            "shape judged": float(np.isfinite(shape).mean()),
-            "motion": float(np.nanmean(motion)) if np.isfinite(motion).any() else float("nan"),
-            "motion judged": float(np.isfinite(motion).mean()),
-            "one object": float(np.concatenate([s.count_ok for s in scores]).mean()),
-            "wrapped": float(np.concatenate([s.wrapped for s in scores]).mean())}
 
 
 def main(argv=None) -> None:

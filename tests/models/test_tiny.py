@@ -18,7 +18,7 @@ PROMPT = "a red circle moving left on a striped blue background"
 
 def _train(workdir, steps):
     train.main(["--workdir", str(workdir), "--steps", str(steps), "--pool", "32", "--batch", "2",
-                "--image-batch", "3", "--seed", "5"])
+                "--image-batch", "3", "--seed", "5", "--eval-minutes", "0"])
     return TinyVideoModel.load(workdir / "tiny_world.safetensors")
 
 
@@ -113,7 +113,7 @@ def test_training_from_a_shallower_file_deepens_it(tmp_path, capsys):
     shallow = TinyVideoModel(dataclasses.replace(spec, dit={**spec.dit, "num_layers": 1}))
     shallow.save(tmp_path / "shallow.safetensors", extra={"steps": 7})
     train.main(["--workdir", str(tmp_path / "run"), "--init", str(tmp_path / "shallow.safetensors"), "--steps", "8",
-                "--pool", "32", "--batch", "1", "--image-batch", "1"])
+                "--pool", "32", "--batch", "1", "--image-batch", "1", "--eval-minutes", "0"])
     assert f"deepened {tmp_path / 'shallow.safetensors'} to {spec.dit['num_layers']} blocks" in capsys.readouterr().out
     trained = TinyVideoModel.load(tmp_path / "run" / "tiny_world.safetensors")
     assert len(trained.dit.blocks) == spec.dit["num_layers"] and trained.metadata["steps"] == "8"
@@ -162,7 +162,8 @@ def test_unet_plain_clip_sampler_lands_on_the_clip_an_oracle_denoises_to():
 
 
 def test_unet_training_is_resumable_and_keeps_its_architecture(tmp_path, capsys):
-    args = ["--arch", "vc2", "--workdir", str(tmp_path), "--pool", "32", "--batch", "1", "--image-batch", "1"]
+    args = ["--arch", "vc2", "--workdir", str(tmp_path), "--pool", "32", "--batch", "1", "--image-batch", "1",
+            "--eval-minutes", "0"]
     train.main([*args, "--steps", "2"])
     first = TinyVideoModel.load(tmp_path / "tiny_world.safetensors")
     assert first.spec.arch == "vc2" and first.metadata["steps"] == "2"
@@ -173,3 +174,35 @@ def test_unet_training_is_resumable_and_keeps_its_architecture(tmp_path, capsys)
         assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3]
     with pytest.raises(SystemExit, match="is a run of --arch vc2"):
         train.main(["--workdir", str(tmp_path), "--pool", "32", "--steps", "4"])
+
+
+def test_training_noise_adds_one_offset_per_clip_channel_and_frame():
+    x0 = torch.zeros(2, 3, 4, 8, 8)
+    torch.manual_seed(1)
+    plain = train.training_noise(x0, 0.0)
+    torch.manual_seed(1)
+    assert torch.equal(plain, torch.randn_like(x0))
+    torch.manual_seed(1)
+    offset = train.training_noise(x0, 0.5) - plain
+    constant = offset[..., :1, :1].expand_as(offset)
+    assert torch.allclose(offset, constant, atol=1e-6) and offset[..., 0, 0].std() > 0.1  # differs across (n, c, f)
+
+
+def test_training_logs_its_evaluations_without_changing_what_it_trains(tmp_path, monkeypatch):
+    """--eval-minutes scores the EMA weights at the start, on schedule and at the stop into eval.csv / eval.png;
+    the evaluation's own randomness does not reach training (same weights as a run without it)."""
+    from miga_fast.models.tiny import evaluate
+
+    monkeypatch.setattr(evaluate, "PROMPTS", evaluate.PROMPTS[:1])  # one plain clip, one batch: small for CI
+    monkeypatch.setattr(evaluate, "HELDOUT_BATCHES", 1)
+    args = ["--arch", "vc2", "--pool", "32", "--batch", "1", "--image-batch", "1", "--steps", "2"]
+    train.main([*args, "--workdir", str(tmp_path / "plain"), "--eval-minutes", "0"])
+    train.main([*args, "--workdir", str(tmp_path / "scored"), "--eval-minutes", "1e-9"])
+    with open(tmp_path / "scored" / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert all(0 <= float(r["one_object"]) <= 1 and float(r["heldout"]) > 0 for r in rows)
+    assert (tmp_path / "scored" / "eval.png").is_file() and not (tmp_path / "plain" / "eval.csv").exists()
+    plain, scored = (TinyVideoModel.load(tmp_path / d / "tiny_world.safetensors") for d in ("plain", "scored"))
+    for (name, p), q in zip(plain.state_dict().items(), scored.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name

@@ -7,7 +7,8 @@ Deterministic for a given seed, resumable (re-run the same command: it continues
 <workdir>/checkpoint.pt, saved every 200 steps and on Ctrl-C; the clip pool is rendered anew on resume, so a
 resumed run is reproducible but not equal to an uninterrupted one), shows a progress bar, logs the loss to
 <workdir>/loss.csv and plots it to <workdir>/loss.png, and exports the EMA weights to
-<workdir>/tiny_world.safetensors.
+<workdir>/tiny_world.safetensors. Every --eval-minutes it also scores the EMA weights (held-out loss and the
+scorer on plain clips, `evaluate.evaluate`) into <workdir>/eval.csv and <workdir>/eval.png.
 Training uses the standard short-clip condition: every frame of a clip at the same noise level.
 Each step also trains on single frames (joint image-video training, as Wan and VideoCrafter do): eight
 unrelated frames cost less than one 8-frame clip and teach eight times as many shapes and textures.
@@ -111,6 +112,49 @@ def noised(spec: TinySpec, x0: torch.Tensor, u: torch.Tensor, eps: torch.Tensor,
     return a.sqrt() * x0 + (1 - a).sqrt() * eps, step.float().view(-1, 1).expand(-1, frames), eps
 
 
+def training_noise(x0: torch.Tensor, offset: float) -> torch.Tensor:
+    """Gaussian noise like ``x0 [n, C, F, H, W]`` plus ``offset`` x a Gaussian constant per (clip, channel, frame).
+
+    Why: VideoCrafter2's table leaves signal at t = 999 (sqrt(alpha_bar) = 0.068), so a model trained on plain
+    noise learns to read each frame's colour from the mean of its input; sampling starts from noise whose
+    per-frame means are random (std 0.03 at 32x32) and the colour of each frame follows them (correlation 0.80
+    for the 812-step UNet). An offset of 0.1 makes that mean unreliable in training, so the colour has to come
+    from the prompt. The sampler is unchanged (plain noise, the same DDIM)."""
+    eps = torch.randn_like(x0)
+    if offset:
+        eps = eps + offset * torch.randn(*x0.shape[:3], 1, 1)
+    return eps
+
+
+def plot_eval(csv_path: Path, png_path: Path) -> None:
+    """eval.csv -> eval.png: held-out loss and the plain-clip accuracies against the training step."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(steps, [float(r["heldout"]) for r in rows], marker="o")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("held-out training MSE")
+    for key, label in (("shape", "shape"), ("motion", "motion"), ("one_object", "one object")):
+        ax2.plot(steps, [float(r[key]) for r in rows], marker="o", label=label)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("plain-clip accuracy (scorer)")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
 def plot_loss(csv_path: Path, png_path: Path) -> None:
     try:
         import matplotlib
@@ -156,6 +200,11 @@ def main(argv=None) -> None:
     p.add_argument("--pool", type=int, default=2048, help="clips kept rendered")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="fraction of prompts replaced by ''")
+    p.add_argument("--offset-noise", type=float, default=None,
+                   help="std of a per-frame, per-channel constant added to the training noise (default wan 0, vc2 "
+                        "0.1); see training_noise")
+    p.add_argument("--eval-minutes", type=float, default=20.0,
+                   help="score the EMA weights this often (about 90 s on one thread; 0 = never)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from these bundled-model weights (e.g. the shipped file) with a fresh optimizer; "
                         "the step count continues from the file's 'steps' metadata; a file with fewer blocks "
@@ -165,6 +214,7 @@ def main(argv=None) -> None:
     args.batch = (12 if wan else 4) if args.batch is None else args.batch
     args.image_batch = (32 if wan else 8) if args.image_batch is None else args.image_batch
     args.lr = (1e-3 if wan else 5e-4) if args.lr is None else args.lr
+    args.offset_noise = (0.0 if wan else 0.1) if args.offset_noise is None else args.offset_noise
 
     torch.manual_seed(args.seed)
     work = Path(args.workdir)
@@ -209,6 +259,26 @@ def main(argv=None) -> None:
     if new_log:
         writer.writerow(["step", "loss", "seconds"])
 
+    eval_path = work / "eval.csv"
+    last_eval = [time.time(), None, 0.0]  # wall time, step and duration of the last evaluation
+
+    def log_eval():
+        from .evaluate import EVAL_FIELDS, evaluate
+
+        if last_eval[1] == step:
+            return
+        begin = time.time()
+        scores = {"step": step, **evaluate(ema)}
+        last_eval[:] = [time.time(), step, time.time() - begin]
+        fresh = not eval_path.exists()
+        with open(eval_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=EVAL_FIELDS)
+            if fresh:
+                w.writeheader()
+            w.writerow({k: v if k == "step" else f"{v:.4f}" for k, v in scores.items()})
+        plot_eval(eval_path, work / "eval.png")
+        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "step"))
+
     def save():
         torch.save({"arch": args.arch, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "step": step,
@@ -220,10 +290,13 @@ def main(argv=None) -> None:
         plot_loss(log_path, work / "loss.png")
 
     start = time.time()
+    if args.eval_minutes and not eval_path.exists():
+        log_eval()  # where this run starts from: step 0, or the --init file
     bar = tqdm(total=args.steps, initial=step, desc="training", unit="step")
     model.train()
     try:
-        while step < args.steps and time.time() - start < args.minutes * 60:
+        # the final evaluation (as long as the last one) fits inside --minutes too
+        while step < args.steps and time.time() - start + last_eval[2] < args.minutes * 60:
             loss = torch.zeros(())
             for n, frames in ((args.batch, spec.window), (args.image_batch, 1)):
                 if n == 0:
@@ -231,7 +304,7 @@ def main(argv=None) -> None:
                 x0, prompts = pool.batch(n, frames)
                 prompts = ["" if rng.random() < args.cfg_dropout else q for q in prompts]
                 u = torch.rand(n)
-                eps = torch.randn_like(x0)
+                eps = training_noise(x0, args.offset_noise)
                 xt, t, target = noised(spec, x0, u, eps, args.sigma_shift)  # one level per clip (training condition)
                 pred = model.net(xt, t, model.text.encode(prompts))
                 # weighted by frames, so a step's loss is the MSE over every frame it saw
@@ -258,6 +331,10 @@ def main(argv=None) -> None:
                 pool.refresh(2)
             if step % 200 == 0:
                 save()
+            if args.eval_minutes and time.time() - last_eval[0] > args.eval_minutes * 60:
+                log_eval()
+        if args.eval_minutes:
+            log_eval()  # where this run stops
     except KeyboardInterrupt:
         print("interrupted: saving")
     finally:
