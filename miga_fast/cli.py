@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/results/quality")
     p.add_argument("--model", help="model bundle path (default: the bundled model)")
     p.add_argument("--variants",
-                   help="comma-separated variant names (default: all but reflection with --study, else the 3 modes)")
+                   help="comma-separated variant names (default: all but reflection with --study, else fifo with and "
+                        "without lookahead, miga and miga-stream)")
     p.add_argument("--workers", type=int, default=1, help="render processes (sharing the CPU's threads)")
     p.add_argument("--pack", type=int, default=4,
                    help="videos per engine run, packed along channels (reflection runs unpacked: its decisions "
@@ -334,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap-clips", type=int, default=16, help="held-out clips for the gap probe (--study)")
     p.add_argument("--speed", action="store_true", help="only measure frames/s per variant and project the time")
     p.add_argument("--budget-minutes", type=float, help="start no render after this; report complete groups only")
+    p.add_argument("--interval", choices=("bootstrap", "t"), default="bootstrap",
+                   help="95%% intervals of the tables: percentile bootstrap over videos / (prompt, seed) pairs, or "
+                        "Student t (for a handful of videos)")
     p.set_defaults(func=cmd_eval)
     _add_export(sub)
     # prefix_chars="+": every argument after "bench" goes to the benchmark script's own parser (also -h)

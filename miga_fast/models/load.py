@@ -81,8 +81,7 @@ class _TinyText(CachedTextEncoder):
 def tiny_bundle(model) -> ModelBundle:
     """A loaded TinyVideoModel as a bundle (pixel space: IdentityCodec; family by its architecture)."""
     spec = model.spec
-    family = "tiny" if spec.arch == "wan" else "tiny-vc2"  # presets tiny-* (flow UniPC) / tiny-vc2-* (DDIM)
-    return ModelBundle(denoise=model.denoise, codec=IdentityCodec(), text=_TinyText(model.text), family=family,
+    return ModelBundle(denoise=model.denoise, codec=IdentityCodec(), text=_TinyText(model.text), family=spec.family,
                        size=(spec.frame_size, spec.frame_size), size_multiple=spec.size_multiple,
                        shift=spec.shift, guidance_scale=4.0, fps=12, render_scale=4, module=model)
 

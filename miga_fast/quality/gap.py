@@ -3,7 +3,8 @@
 The bundled model is trained with every frame of a clip at ONE noise level. FIFO-Diffusion feeds
 it diagonal windows (one level per frame), MIGA's zigzag queue blocks of L frames per level. On
 held-out clips rendered from the world (fresh seeds), we noise a window to a level pattern and
-measure the flow-matching error per frame, ``mean_{C,H,W} (v_pred - (eps - x0))^2``, then compare
+measure the model's own training error per frame (flow: ``mean_{C,H,W} (v_pred - (eps - x0))^2``; epsilon:
+``(eps_pred - eps)^2``), with the levels of its presets' solver (flow UniPC / DDIM), then compare
 it with the error of the SAME frame at the SAME level inside a window where every frame sits at
 that level (training condition). Per-frame matching makes the average level exactly equal, so the
 ratio isolates the effect of the mix. Patterns: ``levels[k] = start + (k // block) * step`` for
@@ -12,6 +13,7 @@ frame k of the window (frame 0 = head = least noisy, as in the queues); span = m
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -20,7 +22,8 @@ import torch
 from torch import Tensor
 
 from ..models.tiny.world import sample_clips
-from ..solvers import make_solver
+from ..plan import PRESETS
+from ..solvers import solver_for
 
 HELDOUT_SEED = 1_000_003  # training draws clips from random.Random(seed=0); this stream is disjoint
 
@@ -58,15 +61,18 @@ def heldout_clips(count: int, frames: int, size: int, seed: int = 0) -> tuple[Te
 
 @torch.no_grad()
 def _errors(model, x0: Tensor, eps: Tensor, levels: Tensor, cond: Tensor, solver, batch: int) -> Tensor:
-    """Per-frame flow MSE [W, F] of windows at levels [W, F] built from one clip x0/eps [3, F, H, W]."""
+    """Per-frame training MSE [W, F] of windows at levels [W, F] built from one clip x0/eps [3, F, H, W]."""
+    frames = x0.transpose(0, 1)  # [F, 3, H, W]: the solver noises latents (frames) one level each
+    target = eps if solver.prediction == "eps" else eps - x0
     out = []
     for i in range(0, len(levels), batch):
         lv = levels[i : i + batch]
-        sigma = solver.sigmas[lv][:, None, :, None, None]  # [B, 1, F, 1, 1]
-        xt = (1 - sigma) * x0 + sigma * eps
+        b, f = lv.shape
+        xt = solver.add_noise(frames.repeat(b, 1, 1, 1), eps.transpose(0, 1).repeat(b, 1, 1, 1), lv.flatten())
+        xt = xt.view(b, f, *xt.shape[1:]).transpose(1, 2)  # [B, 3, F, H, W]
         t = solver.model_timesteps(lv.flatten()).view(lv.shape)
-        pred = model.denoise(xt, t, cond.expand(len(lv), *cond.shape[1:]))
-        out.append((pred - (eps - x0)).pow(2).mean((1, 3, 4)))
+        pred = model.denoise(xt, t, cond.expand(b, *cond.shape[1:]))
+        out.append((pred - target).pow(2).mean((1, 3, 4)))
     return torch.cat(out)
 
 
@@ -75,11 +81,12 @@ def probe_gap(model, clips: int = 16, num_steps: int = 16, seed: int = 0,
               patterns: list[LevelPattern] | None = None, batch: int = 32) -> list[dict]:
     """One row per (clip, pattern, start level): mixed-window error vs per-frame matched flat error.
 
-    model: anything with `.spec` (frame_size, window, shift), `.text.encode` and `.denoise` (TinyVideoModel).
-    Same noise for every pattern of a clip, so comparisons between patterns are paired.
+    model: anything with `.spec` (frame_size, window, shift, family), `.text.encode` and `.denoise`
+    (TinyVideoModel). Same noise for every pattern of a clip, so comparisons between patterns are paired.
     """
     f0, size = model.spec.window, model.spec.frame_size
-    solver = make_solver("flow_unipc", num_steps, shift=model.spec.shift)
+    preset = dataclasses.replace(PRESETS[f"{model.spec.family}-fifo"], num_steps=num_steps)
+    solver = solver_for(preset, model.spec.shift)  # the presets' solver: flow UniPC (DiT) or DDIM (UNet)
     patterns = patterns or level_patterns(f0)
     x, prompts = heldout_clips(clips, f0, size, seed)
     gen = torch.Generator().manual_seed(HELDOUT_SEED + seed)

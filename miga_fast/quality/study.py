@@ -3,8 +3,9 @@
     miga-fast eval --study --seeds 10 --prompts 4 --frames 512 --out bench/results/quality
 
 Writes `videos.csv` (one row per rendered video), `per_frame.csv` (metric means per frame index),
-`gap.csv` / `gap_rows.csv` (train-inference gap probe), `table.md` (means with 95% t-intervals over videos,
-paired differences against FIFO, miga-stream against miga and each ablation against MIGA) and PNG plots.
+`gap.csv` / `gap_rows.csv` (train-inference gap probe), `table.md` (means with 95% intervals over videos,
+bootstrap by default, `--interval t` for Student t; paired differences, with wins per (prompt, seed), against
+FIFO, miga-stream against miga and each ablation against MIGA) and PNG plots.
 
 Ablations are MIGA (offline, the official schedule) with one component changed through PlanConfig
 overrides; what each one means on the tiny presets (T=16, f0=8, L_zig=2, m=2, end_level=3,
@@ -42,8 +43,10 @@ class Variant:
 
 
 VARIANTS: list[Variant] = [
-    Variant("fifo", "fifo", note="FIFO-Diffusion with lookahead (tiny-fifo)"),
-    Variant("miga", "miga", note="official offline MIGA (tiny-miga: L_zig=2, m=2, reflection off)"),
+    Variant("fifo", "fifo", note="FIFO-Diffusion with lookahead (the family's fifo preset)"),
+    Variant("fifo no lookahead", "fifo", {"lookahead": False},
+            note="FIFO-Diffusion without lookahead: n disjoint windows instead of 2n half-overlapping ones"),
+    Variant("miga", "miga", note="official offline MIGA (tiny presets: L_zig=2, m=2, reflection off)"),
     Variant("miga-stream", "miga-stream", note="MIGA with the bounded streaming stage 2 (ours)"),
     Variant("miga zigzag=1", "miga", {"zigzag": 1},
             note="no zigzag: one latent per level, i.e. a FIFO-style diagonal queue inside MIGA (m=2 kept)"),
@@ -55,7 +58,7 @@ VARIANTS: list[Variant] = [
     Variant("miga + reflection", "miga", {"reflection": True},
             note="self-reflection on (K=3 rollouts, judged level 10, r=2)"),
 ]
-BASIC = ("fifo", "miga", "miga-stream")
+BASIC = ("fifo", "fifo no lookahead", "miga", "miga-stream")
 # --study default: reflection renders unpacked (one video per run), 40x the cost of the others: ask for it by name
 STUDY = [v.name for v in VARIANTS if not v.overrides.get("reflection")]
 
@@ -216,7 +219,7 @@ def measure_speed(model_path: str | os.PathLike, variants: list[Variant], frames
 
 
 # ---------------------------------------------------------------- statistics
-# Two-sided 95% Student t quantiles t_{0.975}(df); few videos per cell, so a normal or bootstrap
+# Two-sided 95% Student t quantiles t_{0.975}(df): for few videos per cell, where a normal or bootstrap
 # interval would be too narrow. Between tabulated df we interpolate linearly in 1/df.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
@@ -234,14 +237,27 @@ def t_quantile(df: int) -> float:
     return _T975[hi] + w * (_T975[lo] - _T975[hi])
 
 
-def mean_ci(x) -> tuple[float, float, float]:
-    """Mean and 95% t-interval of x [n] over its non-nan entries (nan bounds when n = 1)."""
+INTERVALS = ("bootstrap", "t")
+BOOTSTRAP_RESAMPLES = 4000
+
+
+def mean_ci(x, method: str = "t") -> tuple[float, float, float]:
+    """Mean and 95% interval of x [n] over its non-nan entries (nan bounds when n = 1).
+
+    method "t": Student t (right for a handful of videos); "bootstrap": percentile bootstrap over the entries
+    (`BOOTSTRAP_RESAMPLES`, fixed seed, so a table is reproducible), which assumes no normality: for paired
+    differences each entry is one (prompt, seed) pair, so pairs are resampled whole."""
+    if method not in INTERVALS:
+        raise ValueError(f"method must be one of {INTERVALS} (got {method!r})")
     x = np.asarray(x, dtype=np.float64)
     x = x[~np.isnan(x)]  # a scorer accuracy is nan for a video where nothing could be judged
     if len(x) == 0:
         return float("nan"), float("nan"), float("nan")
     if len(x) < 2:
         return float(x.mean()), float("nan"), float("nan")
+    if method == "bootstrap":
+        means = x[np.random.default_rng(0).integers(0, len(x), (BOOTSTRAP_RESAMPLES, len(x)))].mean(1)
+        return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
     half = t_quantile(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
     return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
 
@@ -259,8 +275,8 @@ def _fmt(mean: float, lo: float, hi: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def summary_table(rows: list[dict], variants: list[str]) -> list[str]:
-    """Markdown: per variant and metric, mean [95% CI] over videos."""
+def summary_table(rows: list[dict], variants: list[str], interval: str = "t") -> list[str]:
+    """Markdown: per variant and metric, mean [95% CI] over videos (`mean_ci`'s `interval` method)."""
     arrow = {1: "↑", -1: "↓"}
     lines = ["| variant | " + " | ".join(f"{m} {arrow[DIRECTION[m]]}" for m in METRICS) + " | frames/s |",
              "|---" * (len(METRICS) + 2) + "|"]
@@ -268,14 +284,15 @@ def summary_table(rows: list[dict], variants: list[str]) -> list[str]:
         sel = [r for r in rows if r["variant"] == v]
         if not sel:
             continue
-        cells = [_fmt(*mean_ci([r[m] for r in sel])) for m in METRICS]
+        cells = [_fmt(*mean_ci([r[m] for r in sel], interval)) for m in METRICS]
         fps = sum(r["frames"] for r in sel) / sum(r["seconds"] for r in sel)
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {fps:.2f} |")
     return lines
 
 
-def difference_table(rows: list[dict], pairs: list[tuple[str, str]]) -> list[str]:
-    """Markdown: paired mean difference a - b [95% CI] per metric, and whether a is better (CI excludes 0)."""
+def difference_table(rows: list[dict], pairs: list[tuple[str, str]], interval: str = "t") -> list[str]:
+    """Markdown: paired mean difference a - b [95% CI] per metric, whether a is better (CI excludes 0), and in
+    how many (prompt, seed) pairs a beats b ("wins k/n"; ties and unjudged pairs count for neither)."""
     lines = ["| comparison | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for a, b in pairs:
         cells = []
@@ -284,13 +301,14 @@ def difference_table(rows: list[dict], pairs: list[tuple[str, str]]) -> list[str
             if len(d) == 0:
                 cells.append("n/a")
                 continue
-            mean, lo, hi = mean_ci(d)
+            mean, lo, hi = mean_ci(d, interval)
+            wins = f" (wins {int((d * DIRECTION[m] > 0).sum())}/{len(d)})"
             verdict = ""
             if not math.isnan(lo):
                 better = lo > 0 if DIRECTION[m] > 0 else hi < 0
                 worse = hi < 0 if DIRECTION[m] > 0 else lo > 0
                 verdict = " **better**" if better else (" *worse*" if worse else " ~")
-            cells.append(_fmt(mean, lo, hi) + verdict)
+            cells.append(_fmt(mean, lo, hi) + verdict + wins)
         lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
     return lines
 
@@ -372,7 +390,7 @@ def plot_gap(summary: list[dict], path: Path) -> None:
                         xytext=(3, 3), textcoords="offset points")
     ax.axhline(1, color="gray", lw=0.8)
     ax.set_xlabel("noise span of the window (max - min level)")
-    ax.set_ylabel("flow MSE: mixed window / same frames in flat windows")
+    ax.set_ylabel("training MSE: mixed window / same frames in flat windows")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -390,8 +408,8 @@ def comparison_pairs(variants: list[str]) -> list[tuple[str, str]]:
 
 
 def write_results(out: str | os.PathLike, rows: list[dict], gap_rows: list[dict] | None = None,
-                  header: list[str] | None = None) -> Path:
-    """All files of a study into `out`; returns the table path."""
+                  header: list[str] | None = None, interval: str = "t") -> Path:
+    """All files of a study into `out` (intervals by `mean_ci`'s `interval` method); returns the table path."""
     from .gap import summarise_gap
 
     out = Path(out)
@@ -405,12 +423,14 @@ def write_results(out: str | os.PathLike, rows: list[dict], gap_rows: list[dict]
     if len(ablations) > 2:
         plot_frames(per_frame, ablations, out / "ablations_vs_frame.png")
     lines = list(header or [])
-    lines += ["## Means over videos [95% t-interval]", "", *summary_table(rows, variants), ""]
+    name = {"t": "t-interval", "bootstrap": f"bootstrap interval, {BOOTSTRAP_RESAMPLES} resamples"}[interval]
+    lines += [f"## Means over videos [95% {name}]", "", *summary_table(rows, variants, interval), ""]
     pairs = comparison_pairs(variants)
     if pairs:
-        lines += ["## Paired differences (same prompt and seed) [95% t-interval]", "",
+        lines += [f"## Paired differences (same prompt and seed) [95% {name}]", "",
                   "**better** / *worse*: the interval excludes 0 in the metric's good / bad direction; ~: it "
-                  "does not.", "", *difference_table(rows, pairs), ""]
+                  "does not. Wins: (prompt, seed) pairs where the first is better.", "",
+                  *difference_table(rows, pairs, interval), ""]
     if gap_rows:
         summary = summarise_gap(gap_rows)
         _write_csv(out / "gap_rows.csv", gap_rows)
@@ -435,6 +455,7 @@ def _command(args, variants: list[Variant]) -> str:
         parts.append(f"--gap-clips {args.gap_clips}")
     if args.budget_minutes:
         parts.append(f"--budget-minutes {args.budget_minutes:g}")
+    parts.append(f"--interval {args.interval}")
     return " ".join(parts)
 
 
@@ -505,7 +526,7 @@ def run_eval(args) -> int:
                   f"(prompt, seed) groups were complete and are reported: (seed, prompt index) {groups}")
     header = ["# Quality study: does MIGA beat FIFO here?", "", f"`{command}`", "", sizes, "",
               "Variants:", "", *[f"- **{v.name}**: {v.note}" for v in variants], ""]
-    table = write_results(args.out, rows, gap_rows, header)
+    table = write_results(args.out, rows, gap_rows, header, args.interval)
     readme = Path(args.out) / "README.md"
     if not readme.exists():
         readme.write_text(f"# Quality study results\n\nMade by:\n\n    {command}\n\nwith model `{model}`.\n\n"

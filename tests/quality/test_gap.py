@@ -74,11 +74,35 @@ class FrameLocal:
         return x * (t / 1000)[:, None, :, None, None] - 0.3
 
 
-def test_per_frame_matching_is_exact():
-    rows = probe_gap(FrameLocal(), clips=2, num_steps=16)
+@pytest.mark.parametrize("arch", ["wan", "vc2"])
+def test_per_frame_matching_is_exact(arch):
+    model = FrameLocal()
+    if arch == "vc2":  # epsilon prediction, DDIM levels (the tiny-vc2 presets)
+        model.spec = TinySpec.vc2(frame_size=8)
+    rows = probe_gap(model, clips=2, num_steps=16)
     assert all(r["mixed_mse"] == pytest.approx(r["flat_mse"], rel=1e-5) for r in rows)
     summary = summarise_gap(rows)
     assert all(s["ratio"] == pytest.approx(1, rel=1e-5) for s in summary)
+
+
+def test_probe_scores_an_epsilon_model_against_the_noise_it_was_given():
+    """An oracle UNet-style denoiser (exact eps from DDIM's forward process) has zero error in every window."""
+    from miga_fast.solvers.ddim import vc2_alphas_cumprod
+
+    acp = torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32)
+    clips, _ = heldout_clips(1, 8, 8, seed=0)
+
+    class Oracle(FrameLocal):
+        def __init__(self):
+            super().__init__()
+            self.spec = TinySpec.vc2(frame_size=8)
+
+        def denoise(self, x, t, cond):  # x [B, 3, F, H, W], t [B, F] integer DDPM steps
+            a = acp[t.long()][:, None, :, None, None]
+            return (x - a.sqrt() * clips[0]) / (1 - a).sqrt()
+
+    rows = probe_gap(Oracle(), clips=1, num_steps=16)
+    assert max(r["mixed_mse"] for r in rows) < 1e-8
 
 
 def test_probe_bookkeeping_on_random_model():
@@ -102,8 +126,9 @@ def test_probe_bookkeeping_on_random_model():
 def test_variants_are_valid_configs():
     from miga_fast.plan import preset
 
-    for v in VARIANTS:
-        preset(f"tiny-{v.mode}", **v.overrides)  # validates: zigzag=1 with guidance, end_level=1, ...
+    for family in ("tiny", "tiny-vc2"):
+        for v in VARIANTS:
+            preset(f"{family}-{v.mode}", **v.overrides)  # validates: zigzag=1 with guidance, end_level=1, ...
     assert [v.name for v in variants_named(BASIC)] == list(BASIC)
     with pytest.raises(ValueError, match="unknown variant"):
         variants_named(["miga zigzag=3"])
@@ -188,6 +213,27 @@ def test_mean_ci_skips_nan():
 
     assert mean_ci([0.5, float("nan"), 1.0])[0] == 0.75
     assert all(math.isnan(v) for v in mean_ci([float("nan")]))
+
+
+def test_bootstrap_interval_and_wins():
+    from miga_fast.quality.study import difference_table, mean_ci
+
+    x = np.random.default_rng(1).normal(0.3, 1.0, 400)
+    mean, lo, hi = mean_ci(x, "bootstrap")
+    half = 1.96 * x.std(ddof=1) / 20
+    assert mean == pytest.approx(x.mean()) and lo == pytest.approx(mean - half, abs=0.02)
+    assert hi == pytest.approx(mean + half, abs=0.02) and mean_ci(x, "bootstrap") == (mean, lo, hi)  # seeded
+    with pytest.raises(ValueError, match="method must be one of"):
+        mean_ci(x, "normal")
+    from miga_fast.quality.study import METRICS
+
+    # colour error: lower is better; a's is lower in 2 of 3 pairs; every other metric ties (no wins)
+    errors = [(0.1, 0.2), (0.3, 0.2), (0.3, 0.4)]
+    rows = [{"variant": v, "prompt": "p", "seed": seed, **dict.fromkeys(METRICS, 0.0), "colour_error": err}
+            for seed, pair in enumerate(errors) for v, err in zip("ab", pair, strict=True)]
+    cells = difference_table(rows, [("a", "b")], "bootstrap")[2].strip("| ").split(" | ")[1:]
+    by_metric = dict(zip(METRICS, cells, strict=True))
+    assert by_metric["colour_error"].endswith("(wins 2/3)") and by_metric["subject_consistency"].endswith("(wins 0/3)")
 
 
 def test_t_interval():

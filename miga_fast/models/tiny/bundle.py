@@ -70,6 +70,11 @@ class TinySpec:
         return "flow" if self.arch == "wan" else "eps"
 
     @property
+    def family(self) -> str:
+        """The preset family it samples with: "tiny" (tiny-*, flow UniPC) or "tiny-vc2" (tiny-vc2-*, DDIM)."""
+        return "tiny" if self.arch == "wan" else "tiny-vc2"
+
+    @property
     def size_multiple(self) -> int:
         """Frame sides must be multiples of this (the DiT's patch, the UNet's downsampling)."""
         if self.arch == "wan":
