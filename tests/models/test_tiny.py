@@ -202,7 +202,28 @@ def test_training_logs_its_evaluations_without_changing_what_it_trains(tmp_path,
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [0, 1, 2]
     assert all(0 <= float(r["one_object"]) <= 1 and float(r["heldout"]) > 0 for r in rows)
+    assert all(-1 <= float(r["noise_colour_r"]) <= 1 for r in rows)
     assert (tmp_path / "scored" / "eval.png").is_file() and not (tmp_path / "plain" / "eval.csv").exists()
     plain, scored = (TinyVideoModel.load(tmp_path / d / "tiny_world.safetensors") for d in ("plain", "scored"))
     for (name, p), q in zip(plain.state_dict().items(), scored.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_noise_colour_correlation_reads_colour_that_follows_the_noise():
+    from miga_fast.models.tiny.evaluate import noise_colour_correlation
+
+    torch.manual_seed(0)
+    noise = torch.randn(3, 3, 8, 8, 8)
+    follows = noise.mean((3, 4), keepdim=True).expand_as(noise) * 10 + 0.01 * torch.randn_like(noise)
+    assert noise_colour_correlation(follows, noise) > 0.99
+    assert abs(noise_colour_correlation(torch.rand(3, 3, 8, 8, 8), noise)) < 0.3
+
+
+def test_plain_clip_sampler_returns_the_noise_it_started_from():
+    torch.manual_seed(0)
+    model = TinyVideoModel(UNET)
+    clips = sample_plain_clips(model, [PROMPT], steps=2, seed=4)
+    again, noise = sample_plain_clips(model, [PROMPT], steps=2, seed=4, return_noise=True)
+    assert torch.equal(clips, again) and noise.shape == clips.shape
+    first_draw = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(4))  # [F, 3, H, W], frame-major
+    assert torch.equal(noise[0].transpose(0, 1), first_draw)

@@ -36,10 +36,12 @@ PROMPTS = (
 
 @torch.no_grad()
 def sample_plain_clips(model: TinyVideoModel, prompts: list[str], steps: int = 16, seed: int = 0,
-                       guidance_scale: float | None = None) -> Tensor:
+                       guidance_scale: float | None = None,
+                       return_noise: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """One f0-frame clip per prompt, all frames at one level: ``[len(prompts), 3, f0, H, W]`` in [-1, 1].
 
-    guidance_scale: CFG scale (default: the model's own, as `miga-fast render` uses)."""
+    guidance_scale: CFG scale (default: the model's own, as `miga-fast render` uses). return_noise: also return
+    the noise sampling started from, in the same layout."""
     bundle = tiny_bundle(model)
     guidance = bundle.guidance_scale if guidance_scale is None else guidance_scale
     b, f = len(prompts), model.spec.window
@@ -50,7 +52,7 @@ def sample_plain_clips(model: TinyVideoModel, prompts: list[str], steps: int = 1
     state = solver.init_state(n, (c, h, w), "cpu", torch.float32)
     slots = torch.arange(n)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=g)
+    x = start = torch.randn(n, c, h, w, generator=g)
     cond = torch.cat([bundle.text.encode(p) for p in prompts] + [bundle.text.encode(bundle.negative_prompt)] * b)
     for level in reversed(range(steps)):
         levels = torch.full((n,), level)
@@ -60,7 +62,8 @@ def sample_plain_clips(model: TinyVideoModel, prompts: list[str], steps: int = 1
         pred = pred_uncond + guidance * (pred_cond - pred_uncond)  # CFG as the engine combines it
         noise = torch.randn(x.shape, generator=g) if solver.stochastic else None  # DDIM's eta > 0
         x = solver.step(x, pred.transpose(1, 2).reshape(n, c, h, w), levels, slots=slots, state=state, noise=noise)
-    return x.view(b, f, c, h, w).transpose(1, 2).clamp(-1, 1)
+    clips = x.view(b, f, c, h, w).transpose(1, 2).clamp(-1, 1)
+    return (clips, start.view(b, f, c, h, w).transpose(1, 2)) if return_noise else clips
 
 
 def clip_grid(clips: Tensor, scale: int = 4) -> np.ndarray:

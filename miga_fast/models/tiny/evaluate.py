@@ -29,7 +29,7 @@ PAIRS = [("red", "blue"), ("yellow", "purple"), ("white", "green"), ("orange", "
 # i % 3, i % 5, i % 4 over 12 prompts: every shape, motion and pattern
 PROMPTS = [Scene(c, SHAPES[i % 3], list(MOTIONS)[i % 5], PATTERNS[i % 4], b).prompt for i, (c, b) in enumerate(PAIRS)]
 HELDOUT_BATCHES = 16  # as `python -m miga_fast.models.tiny.heldout`, so the figures compare
-EVAL_FIELDS = ("step", "heldout", "shape", "shape_judged", "motion", "motion_judged", "one_object")
+EVAL_FIELDS = ("step", "heldout", "shape", "shape_judged", "motion", "motion_judged", "one_object", "noise_colour_r")
 
 
 def pooled(scores: Sequence[ClipScore]) -> dict[str, float]:
@@ -45,27 +45,39 @@ def pooled(scores: Sequence[ClipScore]) -> dict[str, float]:
 
 
 def plain_clip_scores(model: TinyVideoModel, seeds: int = 1,
-                      prompts: Sequence[str] | None = None) -> list[ClipScore]:
-    """One plain clip per prompt (default `PROMPTS`) and seed in range(seeds), scored: prompt-major per seed."""
+                      prompts: Sequence[str] | None = None) -> tuple[list[ClipScore], float]:
+    """One plain clip per prompt (default `PROMPTS`) and seed in range(seeds), scored (prompt-major per seed),
+    and `noise_colour_correlation` over all of them."""
     prompts = list(PROMPTS if prompts is None else prompts)
-    scores = []
+    scores, clips, noise = [], [], []
     for seed in range(seeds):
-        clips = sample_plain_clips(model, prompts, seed=seed)  # [len(prompts), 3, f0, H, W]
-        scores += [score_clip(to_uint8(clip.transpose(0, 1)), prompt) for prompt, clip in zip(prompts, clips,
+        c, n = sample_plain_clips(model, prompts, seed=seed, return_noise=True)  # [len(prompts), 3, f0, H, W]
+        scores += [score_clip(to_uint8(clip.transpose(0, 1)), prompt) for prompt, clip in zip(prompts, c,
                                                                                               strict=True)]
-    return scores
+        clips.append(c)
+        noise.append(n)
+    return scores, noise_colour_correlation(torch.cat(clips), torch.cat(noise))
+
+
+def noise_colour_correlation(clips: torch.Tensor, noise: torch.Tensor) -> float:
+    """Pearson r between each frame's mean colour (per channel) and the mean of the noise it was sampled from;
+    clips, noise ``[B, 3, F, H, W]``. Near 0 when colour comes from the prompt; the 812-step UNet reads 0.80
+    (its colour follows the noise: see `train.training_noise`)."""
+    x, y = noise.mean((3, 4)).flatten(), clips.mean((3, 4)).flatten()
+    return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
 
 
 @torch.no_grad()
 def evaluate(model: TinyVideoModel, seeds: int = 1) -> dict[str, float]:
-    """Held-out loss (`HELDOUT_BATCHES` batches) and pooled plain-clip accuracies over `PROMPTS` of `model`,
-    keyed as `EVAL_FIELDS` (less "step"). Runs under a forked torch RNG: a training run's random stream is the
-    same with or without it."""
+    """Held-out loss (`HELDOUT_BATCHES` batches), pooled plain-clip accuracies over `PROMPTS` and the
+    noise-colour correlation of `model`, keyed as `EVAL_FIELDS` (less "step"). Runs under a forked torch RNG: a
+    training run's random stream is the same with or without it."""
     with torch.random.fork_rng(devices=[]):
-        a = pooled(plain_clip_scores(model, seeds))
+        scores, corr = plain_clip_scores(model, seeds)
+        a = pooled(scores)
         loss = heldout_loss(model, batches=HELDOUT_BATCHES)
     return {"heldout": loss, "shape": a["shape"], "shape_judged": a["shape judged"], "motion": a["motion"],
-            "motion_judged": a["motion judged"], "one_object": a["one object"]}
+            "motion_judged": a["motion judged"], "one_object": a["one object"], "noise_colour_r": corr}
 
 
 def main(argv=None) -> None:
