@@ -115,6 +115,9 @@ class VC2Config:
     use_scale_shift_norm: bool = False
     resblock_updown: bool = False
     use_fp16: bool = False
+    # GroupNorm groups (VideoCrafter2: 32). At a width of 32 that is one channel per group, i.e. a per-frame
+    # instance norm that removes each channel's mean, so a tiny UNet cannot carry a prompt's colour to its output
+    norm_groups: int = 32
 
     def __post_init__(self):
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
@@ -135,10 +138,10 @@ class VC2Config:
         if self.addition_attention and self.num_head_channels == -1:
             raise ValueError("VC2Config.addition_attention needs num_head_channels (init_attn uses 8 heads of it)")
         widths = [self.model_channels * m for m in self.channel_mult]
-        if any(w % 32 for w in widths):
+        if any(w % self.norm_groups for w in widths):
             raise ValueError(
-                f"VC2Config: model_channels * channel_mult must be multiples of 32 for the GroupNorm(32) layers "
-                f"(got widths {widths})"
+                f"VC2Config: model_channels * channel_mult must be multiples of norm_groups={self.norm_groups} "
+                f"for the GroupNorm layers (got widths {widths})"
             )
         if not self.channel_mult or self.num_res_blocks < 1:
             raise ValueError(
@@ -298,10 +301,11 @@ class BasicTransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Per-frame transformer over the ``H*W`` tokens of each frame, with text cross-attention."""
 
-    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int | None, linear: bool):
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int | None, linear: bool,
+                 groups: int = 32):
         super().__init__()
         inner = heads * dim_head
-        self.norm = _GroupNorm(32, channels, eps=1e-6)
+        self.norm = _GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
@@ -321,10 +325,10 @@ class SpatialTransformer(nn.Module):
 class TemporalTransformer(nn.Module):
     """Self-attention over the F frames of each spatial position (only_self_att: both attentions are self)."""
 
-    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, linear: bool):
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, linear: bool, groups: int = 32):
         super().__init__()
         inner = heads * dim_head
-        self.norm = _GroupNorm(32, channels, eps=1e-6)
+        self.norm = _GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv1d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, None) for _ in range(depth)
@@ -352,14 +356,14 @@ class TemporalConvBlock(nn.Module):
     ``conv{2,3,4}.{0,3}`` (slot 2 of conv2..4 is a dropout).
     """
 
-    def __init__(self, channels: int, spatial_aware: bool = False):
+    def __init__(self, channels: int, spatial_aware: bool = False, groups: int = 32):
         super().__init__()
         kernel, pad = ((3, 3, 3), (1, 1, 1)) if spatial_aware else ((3, 1, 1), (1, 0, 0))
 
         def stage(k, p, dropout_slot):
             middle = [nn.Identity()] if dropout_slot else []
             return nn.Sequential(
-                _GroupNorm(32, channels), nn.SiLU(), *middle, nn.Conv3d(channels, channels, k, padding=p)
+                _GroupNorm(groups, channels), nn.SiLU(), *middle, nn.Conv3d(channels, channels, k, padding=p)
             )
 
         self.conv1 = stage(kernel, pad, False)
@@ -378,21 +382,22 @@ class ResBlock(nn.Module):
     The name ``temopral_conv`` (sic) is the original's parameter name.
     """
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, temporal_conv: bool, spatial_aware: bool):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, temporal_conv: bool, spatial_aware: bool,
+                 groups: int = 32):
         super().__init__()
         self.in_layers = nn.Sequential(
-            _GroupNorm(32, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            _GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            _GroupNorm(32, out_channels),
+            _GroupNorm(groups, out_channels),
             nn.SiLU(),
             nn.Identity(),  # the original's dropout slot
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         if temporal_conv:
-            self.temopral_conv = TemporalConvBlock(out_channels, spatial_aware)
+            self.temopral_conv = TemporalConvBlock(out_channels, spatial_aware, groups)
 
     def forward(self, h: Tensor, emb: Tensor, batch: int) -> Tensor:
         """``h [B*F, C, H, W]``, ``emb [B*F, E]`` (one row per frame; ``batch`` = B) -> ``[B*F, C_out, H, W]``."""
@@ -472,21 +477,23 @@ class VC2UNet(nn.Module):
             self.fps_embedding = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         def resblock(ch_in, ch_out):
-            return ResBlock(ch_in, emb_dim, ch_out, cfg.temporal_conv, cfg.tempspatial_aware)
+            return ResBlock(ch_in, emb_dim, ch_out, cfg.temporal_conv, cfg.tempspatial_aware, cfg.norm_groups)
 
         def attention_layers(ch):
             heads, dim_head = cfg.heads(ch)
-            layers = [SpatialTransformer(ch, heads, dim_head, cfg.transformer_depth, cfg.context_dim, cfg.use_linear)]
+            layers = [SpatialTransformer(ch, heads, dim_head, cfg.transformer_depth, cfg.context_dim, cfg.use_linear,
+                                         cfg.norm_groups)]
             if cfg.temporal_attention:
                 depth = cfg.temporal_transformer_depth
-                layers.append(TemporalTransformer(ch, heads, dim_head, depth, cfg.use_linear))
+                layers.append(TemporalTransformer(ch, heads, dim_head, depth, cfg.use_linear, cfg.norm_groups))
             return layers
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
         if cfg.addition_attention:
             # the original builds it with 8 heads of num_head_channels, transformer_depth, and 1x1-conv projections
             self.init_attn = TimestepEmbedSequential(
-                [TemporalTransformer(mc, 8, cfg.num_head_channels, cfg.transformer_depth, linear=False)]
+                [TemporalTransformer(mc, 8, cfg.num_head_channels, cfg.transformer_depth, linear=False,
+                                     groups=cfg.norm_groups)]
             )
         skip_channels, ch, ds = [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
@@ -517,7 +524,8 @@ class VC2UNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(layers))
 
-        self.out = nn.Sequential(_GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(_GroupNorm(cfg.norm_groups, ch), nn.SiLU(),
+                                 nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
         self.attn_backend = attn_backend
 
     @property

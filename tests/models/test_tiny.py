@@ -227,3 +227,18 @@ def test_plain_clip_sampler_returns_the_noise_it_started_from():
     assert torch.equal(clips, again) and noise.shape == clips.shape
     first_draw = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(4))  # [F, 3, H, W], frame-major
     assert torch.equal(noise[0].transpose(0, 1), first_draw)
+
+
+def test_unet_norm_groups_are_recorded_and_kept_on_resume(tmp_path, capsys):
+    args = ["--arch", "vc2", "--workdir", str(tmp_path), "--pool", "32", "--batch", "1", "--image-batch", "1",
+            "--eval-minutes", "0", "--norm-groups", "8"]
+    train.main([*args, "--steps", "1"])
+    first = TinyVideoModel.load(tmp_path / "tiny_world.safetensors")
+    assert first.spec.unet["norm_groups"] == 8 and first.unet.out[0].num_groups == 8
+    train.main([*args[:-2], "--steps", "2"])  # resumed without the flag: the checkpoint's architecture
+    assert "resumed from" in capsys.readouterr().out
+    assert TinyVideoModel.load(tmp_path / "tiny_world.safetensors").unet.out[0].num_groups == 8
+    with pytest.raises(SystemExit, match="continues a UNet with norm_groups 8"):
+        train.main([*args[:-1], "16", "--steps", "3"])
+    with pytest.raises(SystemExit, match="--norm-groups is for --arch vc2"):
+        train.main(["--workdir", str(tmp_path / "dit"), "--norm-groups", "8"])

@@ -240,8 +240,9 @@ def test_config_validation():
         VC2Config(temporal_selfatt_only=False)
     with pytest.raises(ValueError, match="unknown UNetModel config keys"):
         VC2Config.from_dict({**VC2_YAML_PARAMS, "image_cross_attention": False})
-    with pytest.raises(ValueError, match="multiples of 32"):
+    with pytest.raises(ValueError, match="multiples of norm_groups=32"):
         VC2Config.tiny(model_channels=48)
+    assert VC2Config.tiny(model_channels=48, norm_groups=16).norm_groups == 16  # 48, 96: multiples of 16
     # keys the yaml omits take UNetModel's defaults (use_relative_position=True), not VideoCrafter2's
     with pytest.raises(ValueError, match="use_relative_position"):
         VC2Config.from_dict({k: v for k, v in VC2_YAML_PARAMS.items() if k != "use_relative_position"})
@@ -259,3 +260,10 @@ def test_input_validation(tiny):
         tiny(x, t, context[:1])
     with pytest.raises(ValueError, match="fps must be"):
         tiny(x, t, context, fps=torch.tensor([8]))
+
+
+def test_norm_groups_reach_every_group_norm():
+    model = VC2UNet(VC2Config.tiny(norm_groups=8))
+    groups = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {8}
+    assert {m.num_groups for m in VC2UNet(VC2Config.tiny()).modules() if isinstance(m, torch.nn.GroupNorm)} == {32}

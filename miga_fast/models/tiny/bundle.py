@@ -64,6 +64,18 @@ class TinySpec:
         """The bundled UNet's spec (VC2_TINY_UNET), `kw` overriding fields."""
         return cls(**{"arch": "vc2", "unet": dict(VC2_TINY_UNET), **kw})
 
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TinySpec:
+        """The inverse of `to_json` (JSON has no tuples: the configs' tuples are restored)."""
+        values = json.loads(text)
+        values["dit"]["patch_size"] = tuple(values["dit"]["patch_size"])
+        if values.get("unet"):
+            values["unet"] = {k: tuple(v) if isinstance(v, list) else v for k, v in values["unet"].items()}
+        return cls(**values)
+
     @property
     def prediction(self) -> str:
         """What the denoiser predicts: "flow" (wan) or "eps" (vc2)."""
@@ -109,7 +121,7 @@ class TinyVideoModel(nn.Module):
         return self.net.denoise(x, t, cond)
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        meta = {"spec": json.dumps(dataclasses.asdict(self.spec)), **{k: str(v) for k, v in (extra or {}).items()}}
+        meta = {"spec": self.spec.to_json(), **{k: str(v) for k, v in (extra or {}).items()}}
         tensors = {f"{self._prefix}{k}": v.contiguous() for k, v in self.net.state_dict().items()}
         tensors.update({f"text.{k}": v.contiguous() for k, v in self.text.state_dict().items()})
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -127,11 +139,7 @@ class TinyVideoModel(nn.Module):
             meta = f.metadata() or {}
         if "spec" not in meta:
             raise ValueError(f"{path} is not a miga_fast bundled-model file (no 'spec' metadata)")
-        spec_dict = json.loads(meta["spec"])
-        spec_dict["dit"]["patch_size"] = tuple(spec_dict["dit"]["patch_size"])
-        if spec_dict.get("unet"):  # JSON has no tuples
-            spec_dict["unet"] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec_dict["unet"].items()}
-        model = cls(TinySpec(**spec_dict))
+        model = cls(TinySpec.from_json(meta["spec"]))
         state = load_file(str(path))
         n = len(model._prefix)
         model.net.load_state_dict({k[n:]: v for k, v in state.items() if k.startswith(model._prefix)}, strict=True)

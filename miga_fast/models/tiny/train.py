@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ...solvers.ddim import vc2_alphas_cumprod
 from ..wan import WanDiT
-from .bundle import ARCHS, TinySpec, TinyVideoModel
+from .bundle import ARCHS, VC2_TINY_UNET, TinySpec, TinyVideoModel
 from .world import sample_clips
 
 
@@ -206,6 +206,9 @@ def main(argv=None) -> None:
     p.add_argument("--offset-noise", type=float, default=None,
                    help="std of a per-frame, per-channel constant added to the training noise (default wan 0, vc2 "
                         "0.1); see training_noise")
+    p.add_argument("--norm-groups", type=int, default=None,
+                   help="vc2 only, a new run: GroupNorm groups (default VideoCrafter2's 32, one channel per group at "
+                        "the tiny UNet's width 32: see VC2Config.norm_groups)")
     p.add_argument("--eval-minutes", type=float, default=20.0,
                    help="score the EMA weights this often (about 90 s on one thread; 0 = never)")
     p.add_argument("--init", type=Path, default=None,
@@ -222,14 +225,28 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    spec = TinySpec() if wan else TinySpec.vc2()
+    ckpt = work / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    if args.norm_groups is not None and wan:
+        raise SystemExit("--norm-groups is for --arch vc2 (the DiT has no GroupNorm)")
+    if state is not None and state.get("spec"):
+        spec = TinySpec.from_json(state["spec"])  # a resumed run keeps its architecture
+    elif args.init is not None and not wan:
+        spec = TinyVideoModel.load(args.init).spec  # continue the file's UNet as it is
+    elif wan:
+        spec = TinySpec()
+    else:
+        spec = TinySpec.vc2(unet={**VC2_TINY_UNET, **({} if args.norm_groups is None else
+                                                      {"norm_groups": args.norm_groups})})
+    if args.norm_groups is not None and spec.unet.get("norm_groups", 32) != args.norm_groups:
+        raise SystemExit(f"--norm-groups {args.norm_groups}: this run continues a UNet with norm_groups "
+                         f"{spec.unet.get('norm_groups', 32)}")
     model = TinyVideoModel(spec)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     rng = random.Random(args.seed)
     step = init_step = 0
-    ckpt = work / "checkpoint.pt"
-    if args.init is not None and not ckpt.exists():
+    if args.init is not None and state is None:
         start_model = TinyVideoModel.load(args.init)
         if start_model.spec.arch != args.arch:
             raise SystemExit(f"--init {args.init} is an arch {start_model.spec.arch!r} model; this run is --arch "
@@ -241,8 +258,7 @@ def main(argv=None) -> None:
         ema.load_state_dict(start_model.state_dict())
         step = init_step = int(start_model.metadata.get("steps", 0))
         print(f"initialised from {args.init} (step {step})")
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    if state is not None:
         if state.get("arch", "wan") != args.arch:
             raise SystemExit(f"{ckpt} is a run of --arch {state.get('arch', 'wan')}; resume it with that --arch "
                              "or use another --workdir")
@@ -287,9 +303,9 @@ def main(argv=None) -> None:
         tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "step"))
 
     def save():
-        torch.save({"arch": args.arch, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "step": step,
-                    "init_step": init_step, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt)
+        torch.save({"arch": args.arch, "spec": spec.to_json(), "model": model.state_dict(), "ema": ema.state_dict(),
+                    "opt": opt.state_dict(), "step": step, "init_step": init_step, "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state()}, ckpt)
         meta = {"steps": step, "seed": args.seed, "batch": args.batch, "image_batch": args.image_batch,
                 "lr": args.lr}
         ema.save(work / "tiny_world.safetensors", extra=meta)
