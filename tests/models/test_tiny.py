@@ -9,6 +9,7 @@ import torch
 from miga_fast.models.tiny import train
 from miga_fast.models.tiny.bundle import VC2_TINY_UNET, TinySpec, TinyVideoModel
 from miga_fast.models.tiny.clips import clip_grid, sample_plain_clips
+from miga_fast.models.tiny.objective import training_noise
 
 TINY = TinySpec(frame_size=8, text_dim=16, dit=dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
                                                     in_channels=3, out_channels=3, text_dim=16, freq_dim=16,
@@ -179,11 +180,11 @@ def test_unet_training_is_resumable_and_keeps_its_architecture(tmp_path, capsys)
 def test_training_noise_adds_one_offset_per_clip_channel_and_frame():
     x0 = torch.zeros(2, 3, 4, 8, 8)
     torch.manual_seed(1)
-    plain = train.training_noise(x0, 0.0)
+    plain = training_noise(x0, 0.0)
     torch.manual_seed(1)
     assert torch.equal(plain, torch.randn_like(x0))
     torch.manual_seed(1)
-    offset = train.training_noise(x0, 0.5) - plain
+    offset = training_noise(x0, 0.5) - plain
     constant = offset[..., :1, :1].expand_as(offset)
     assert torch.allclose(offset, constant, atol=1e-6) and offset[..., 0, 0].std() > 0.1  # differs across (n, c, f)
 

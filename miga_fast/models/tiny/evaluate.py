@@ -62,7 +62,7 @@ def plain_clip_scores(model: TinyVideoModel, seeds: int = 1,
 def noise_colour_correlation(clips: torch.Tensor, noise: torch.Tensor) -> float:
     """Pearson r between each frame's mean colour (per channel) and the mean of the noise it was sampled from;
     clips, noise ``[B, 3, F, H, W]``. Near 0 when colour comes from the prompt; the 812-step UNet reads 0.80
-    (its colour follows the noise: see `train.training_noise`)."""
+    (its colour follows the noise: see `objective.training_noise`)."""
     x, y = noise.mean((3, 4)).flatten(), clips.mean((3, 4)).flatten()
     return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
 

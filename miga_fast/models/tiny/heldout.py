@@ -15,7 +15,7 @@ import random
 import torch
 
 from .bundle import TinyVideoModel
-from .train import ClipPool, noised
+from .objective import ClipPool, noised
 
 
 @torch.no_grad()
