@@ -243,3 +243,36 @@ def test_unet_norm_groups_are_recorded_and_kept_on_resume(tmp_path, capsys):
         train.main([*args[:-1], "16", "--steps", "3"])
     with pytest.raises(SystemExit, match="--norm-groups is for --arch vc2"):
         train.main(["--workdir", str(tmp_path / "dit"), "--norm-groups", "8"])
+
+
+def test_v_target_unet_denoises_to_eps():
+    """A UNet that outputs the exact v of a noised clip gives the solver that clip's exact eps, at any level."""
+    from miga_fast.models.tiny.objective import noised
+
+    spec = dataclasses.replace(UNET, unet_target="v")
+    model = TinyVideoModel(spec)
+    x0 = torch.rand(2, 3, spec.window, 8, 8) * 2 - 1
+    eps = torch.randn_like(x0)
+    xt, t, v = noised(spec, x0, torch.tensor([0.02, 0.9995]), eps, 1.0)
+    model.unet.denoise = lambda x, t_, cond: v
+    assert torch.allclose(model.denoise(xt, t, None), eps, atol=2e-6)
+    model = TinyVideoModel(UNET)  # an eps UNet's denoiser is the UNet itself
+    model.unet.denoise = lambda x, t_, cond: v
+    assert model.denoise(xt, t, None) is v
+    with pytest.raises(ValueError, match="unet_target must be one of"):
+        TinySpec(unet_target="v")
+
+
+def test_training_from_a_file_can_regroup_and_retarget_its_unet(tmp_path, capsys):
+    args = ["--arch", "vc2", "--pool", "32", "--batch", "1", "--image-batch", "1", "--eval-minutes", "0"]
+    train.main([*args, "--workdir", str(tmp_path / "eps"), "--steps", "1"])
+    start = tmp_path / "eps" / "tiny_world.safetensors"
+    train.main([*args, "--workdir", str(tmp_path / "v"), "--steps", "2", "--init", str(start),
+                "--norm-groups", "8", "--unet-target", "v"])
+    assert "initialised from" in capsys.readouterr().out
+    moved = TinyVideoModel.load(tmp_path / "v" / "tiny_world.safetensors")
+    assert moved.spec.unet_target == "v" and moved.unet.out[0].num_groups == 8 and moved.metadata["steps"] == "2"
+    with pytest.raises(SystemExit, match="continues a UNet with unet_target v"):
+        train.main([*args, "--workdir", str(tmp_path / "v"), "--steps", "3", "--unet-target", "eps"])
+    with pytest.raises(SystemExit, match="--unet-target is for --arch vc2"):
+        train.main(["--workdir", str(tmp_path / "dit"), "--unet-target", "v"])

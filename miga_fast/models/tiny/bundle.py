@@ -13,6 +13,7 @@ the file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -21,12 +22,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ...solvers.ddim import vc2_alphas_cumprod
 from ..vc2_unet import VC2Config, VC2UNet
 from ..wan import WanConfig, WanDiT
 from .text import TinyTextEncoder
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "tiny_world.safetensors"
 ARCHS = ("wan", "vc2")
+UNET_TARGETS = ("eps", "v")
 # A VC2UNet a CPU trains (about 0.6 s for 4 clips of 8 frames at 32x32, fwd + bwd, 2 threads): two
 # resolution levels below the input, spatial + temporal attention only at the lowest (8x8), no init_attn / fps.
 VC2_TINY_UNET = dict(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
@@ -44,6 +47,9 @@ class TinySpec:
     text_length: int = 12
     shift: float = 3.0  # flow-matching sigma shift used in training and sampling (arch "wan")
     arch: str = "wan"  # "wan" (WanDiT, `dit`) or "vc2" (VC2UNet, `unet`)
+    # arch "vc2": what the UNet's own output is, "eps" (VideoCrafter2) or "v" (v = sqrt(acp) eps - sqrt(1-acp) x0);
+    # a "v" UNet's denoiser still returns eps (see TinyVideoModel.denoise), so sampling is VideoCrafter2's DDIM
+    unet_target: str = "eps"
     unet: dict | None = None  # VC2Config keywords (arch "vc2")
     dit: dict = dataclasses.field(default_factory=lambda: dict(
         patch_size=(1, 4, 4), num_attention_heads=4, attention_head_dim=24, in_channels=3, out_channels=3,
@@ -58,6 +64,9 @@ class TinySpec:
             raise ValueError(f"TinySpec.arch must be one of {ARCHS} (got {self.arch!r})")
         if self.arch == "vc2" and not self.unet:
             raise ValueError("TinySpec.unet (VC2Config keywords) is required for arch 'vc2'")
+        if self.unet_target not in UNET_TARGETS or (self.arch == "wan" and self.unet_target != "eps"):
+            raise ValueError(f"TinySpec.unet_target must be one of {UNET_TARGETS} (arch 'vc2' only; got "
+                             f"{self.unet_target!r} for arch {self.arch!r})")
 
     @classmethod
     def vc2(cls, **kw) -> TinySpec:
@@ -94,8 +103,15 @@ class TinySpec:
         return 2 ** (len(self.unet["channel_mult"]) - 1)
 
 
+@functools.cache
+def vc2_alphas_cumprod_tensor(device: torch.device) -> torch.Tensor:
+    """VideoCrafter2's DDPM alpha-bar table ``[1000]`` (fp32) on `device`, what the tiny UNet trains on."""
+    return torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32, device=device)
+
+
 class TinyVideoModel(nn.Module):
-    """denoise(x [B, 3, F, H, W] in [-1, 1] pixel space, t [B, F], text [B, S, D]) -> flow (wan) or eps (vc2).
+    """denoise(x [B, 3, F, H, W] in [-1, 1] pixel space, t [B, F], text [B, S, D]) -> flow (wan) or eps (vc2,
+    whatever its `unet_target`).
 
     The denoiser is `self.dit` (arch "wan") or `self.unet` (arch "vc2"); `self.net` is whichever it is.
     """
@@ -118,7 +134,14 @@ class TinyVideoModel(nn.Module):
         return "dit." if self.spec.arch == "wan" else "unet."
 
     def denoise(self, x, t, cond):
-        return self.net.denoise(x, t, cond)
+        out = self.net.denoise(x, t, cond)
+        if self.spec.unet_target == "eps":
+            return out
+        # v -> eps: eps = sqrt(acp) v + sqrt(1 - acp) x. Why a "v" UNet: with eps the UNet must copy each frame's
+        # input mean into its output to within ~0.007 at t = 999 (x0 = (x - sqrt(1-acp) eps) / 0.068), which its
+        # per-frame GroupNorms strip; here x's mean reaches eps through the formula, not through the network
+        a = vc2_alphas_cumprod_tensor(x.device)[t.long()].view(t.shape[0], 1, t.shape[1], 1, 1)
+        return (a.sqrt() * out.float() + (1 - a).sqrt() * x.float()).to(x.dtype)
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         meta = {"spec": self.spec.to_json(), **{k: str(v) for k, v in (extra or {}).items()}}

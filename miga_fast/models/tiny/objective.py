@@ -11,8 +11,7 @@ import random
 import torch
 from tqdm import tqdm
 
-from ...solvers.ddim import vc2_alphas_cumprod
-from .bundle import TinySpec
+from .bundle import TinySpec, vc2_alphas_cumprod_tensor
 from .world import sample_clips
 
 
@@ -51,23 +50,21 @@ def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-_ALPHAS_CUMPROD = torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32)  # [1000], VideoCrafter2's DDPM table
-
-
 def noised(spec: TinySpec, x0: torch.Tensor, u: torch.Tensor, eps: torch.Tensor,
            shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clean clips ``x0 [n, 3, F, H, W]`` noised at one level per clip, from uniform ``u [n]`` and noise ``eps``:
     ``(x_t, t [n, F], target)``. Flow (arch "wan"): sigma = shifted u, x_t = (1 - s) x0 + s eps, target eps - x0,
-    t = 1000 sigma. Epsilon (arch "vc2"): DDPM step t = floor(1000 u), x_t = sqrt(acp) x0 + sqrt(1 - acp) eps,
-    target eps."""
+    t = 1000 sigma. Arch "vc2": DDPM step t = floor(1000 u), x_t = sqrt(acp) x0 + sqrt(1 - acp) eps, target the
+    UNet's own output (`spec.unet_target`): eps, or v = sqrt(acp) eps - sqrt(1 - acp) x0."""
     frames = x0.shape[2]
     if spec.prediction == "flow":
         sigma = shifted_sigma(u, shift)
         s = sigma.view(-1, 1, 1, 1, 1)
         return (1 - s) * x0 + s * eps, (sigma * 1000).view(-1, 1).expand(-1, frames), eps - x0
     step = (u * 1000).long().clamp(max=999)
-    a = _ALPHAS_CUMPROD[step].view(-1, 1, 1, 1, 1)
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps, step.float().view(-1, 1).expand(-1, frames), eps
+    a = vc2_alphas_cumprod_tensor(x0.device)[step].view(-1, 1, 1, 1, 1)
+    target = eps if spec.unet_target == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps, step.float().view(-1, 1).expand(-1, frames), target
 
 
 def training_noise(x0: torch.Tensor, offset: float) -> torch.Tensor:

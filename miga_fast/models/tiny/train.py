@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from ..wan import WanDiT
-from .bundle import ARCHS, VC2_TINY_UNET, TinySpec, TinyVideoModel
+from .bundle import ARCHS, UNET_TARGETS, VC2_TINY_UNET, TinySpec, TinyVideoModel
 from .objective import ClipPool, noised, training_noise
 
 
@@ -138,7 +138,12 @@ def main(argv=None) -> None:
                         "0.1); see training_noise")
     p.add_argument("--norm-groups", type=int, default=None,
                    help="vc2 only, a new run: GroupNorm groups (default VideoCrafter2's 32, one channel per group at "
-                        "the tiny UNet's width 32: see VC2Config.norm_groups)")
+                        "the tiny UNet's width 32: see VC2Config.norm_groups); with --init, the file's UNet is "
+                        "regrouped")
+    p.add_argument("--unet-target", choices=UNET_TARGETS, default=None,
+                   help="vc2 only: what the UNet outputs, eps (VideoCrafter2, the default) or v; its denoiser "
+                        "returns eps either way (see TinySpec.unet_target); with --init, the file's UNet is "
+                        "retargeted")
     p.add_argument("--eval-minutes", type=float, default=20.0,
                    help="score the EMA weights this often (about 90 s on one thread; 0 = never)")
     p.add_argument("--init", type=Path, default=None,
@@ -159,15 +164,26 @@ def main(argv=None) -> None:
     state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
     if args.norm_groups is not None and wan:
         raise SystemExit("--norm-groups is for --arch vc2 (the DiT has no GroupNorm)")
+    if args.unet_target is not None and wan:
+        raise SystemExit("--unet-target is for --arch vc2 (the DiT predicts flow)")
     if state is not None and state.get("spec"):
         spec = TinySpec.from_json(state["spec"])  # a resumed run keeps its architecture
     elif args.init is not None and not wan:
-        spec = TinyVideoModel.load(args.init).spec  # continue the file's UNet as it is
+        spec = TinyVideoModel.load(args.init).spec  # continue the file's UNet, regrouped if asked
+        if args.norm_groups is not None:
+            # GroupNorm weights are per channel whatever the grouping, so the file's weights load as they are
+            spec = dataclasses.replace(spec, unet={**spec.unet, "norm_groups": args.norm_groups})
+        if args.unet_target is not None:
+            spec = dataclasses.replace(spec, unet_target=args.unet_target)
     elif wan:
         spec = TinySpec()
     else:
         spec = TinySpec.vc2(unet={**VC2_TINY_UNET, **({} if args.norm_groups is None else
-                                                      {"norm_groups": args.norm_groups})})
+                                                      {"norm_groups": args.norm_groups})},
+                            unet_target=args.unet_target or "eps")
+    if args.unet_target is not None and spec.unet_target != args.unet_target:
+        raise SystemExit(f"--unet-target {args.unet_target}: this run continues a UNet with unet_target "
+                         f"{spec.unet_target}")
     if args.norm_groups is not None and spec.unet.get("norm_groups", 32) != args.norm_groups:
         raise SystemExit(f"--norm-groups {args.norm_groups}: this run continues a UNet with norm_groups "
                          f"{spec.unet.get('norm_groups', 32)}")
