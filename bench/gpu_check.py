@@ -9,12 +9,15 @@ Runs, each as a subprocess with its own time limit inside the budget, output kep
   3. ops-D     every fused op (adaln_modulate, gated_residual, hetero_attention, solver_update) vs its reference
                and torch.compile at Wan2.1-1.3B 480p shapes (`--all`) in D = bfloat16, then float16: max |error|
                vs the reference, median time, GB/s or TFLOP/s (`bench/bench_<op>.py`);
-  4. render    the bundled model, 256 frames, fifo and miga-stream, baseline loop vs engine eager / compile /
+  4. engine    the engine per step kind on a Wan2.1-1.3B-width DiT at 480p (random weights, 2 blocks), modes
+               eager vs CUDA graph, then eager vs compile: equality with eager, per-call time next to the bare
+               denoiser (replay overhead), first call (capture / compile), peak memory per call and its spread
+               across calls (flat = 0) (`bench/bench_step.py --cases wan13b-miga-stream`);
+  5. render    the bundled model, 256 frames, fifo and miga-stream, baseline loop vs engine eager / compile /
                CUDA graph: frames/s and peak memory per executor (`bench/fps_memory.py`).
 Writes OUT_DIR/report.json (every step: command, exit status, seconds, output tail, CSVs) and OUT_DIR/report.md
 (the CSVs as tables), and the steps' CSVs under OUT_DIR/. A step that fails or runs out of time is recorded
-and the next one runs; the exit status is 1 if any step failed. Not covered yet: eager vs compile vs graph per
-step kind on a Wan2.1-1.3B-shaped DiT (the step benchmark, `bench/bench_step.py`, is CPU-sized).
+and the next one runs; the exit status is 1 if any step failed.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], dict, float]]:
         for op in OPS:
             plan.append((f"ops-float32-{op}", [py, f"bench/bench_{op}.py", "--providers", "ref", "--seconds",
                                                "0.01"], {"MIGA_BENCH_RESULTS": str(out / "ops-float32")}, 0.1))
+        plan.append(("engine", [py, "bench/bench_step.py", "--cases", "wan-miga-stream", "--modes", "eager"],
+                     {"MIGA_BENCH_RESULTS": str(out / "engine")}, 0.1))
         plan.append(("render", [py, "bench/fps_memory.py", "--quick", "--modes", "fifo", "--engines", "eager",
                                 "--frames", "8", "--repeats", "1", "--warmup", "0", "--no-isolate",
                                 "--device", "cpu", "--out-dir", str(out / "render")], {}, 0.3))
@@ -63,12 +68,19 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], dict, float]]:
     for dtype in ("bfloat16", "float16"):  # bf16 first: no kernel's bf16 path has executed before a GPU run
         for op in OPS:
             plan.append((f"ops-{dtype}-{op}", [py, f"bench/bench_{op}.py", "--all", "--dtype", dtype, "--seconds",
-                                                "0.5"], {"MIGA_BENCH_RESULTS": str(out / f"ops-{dtype}")}, 0.04))
+                                                "0.5"], {"MIGA_BENCH_RESULTS": str(out / f"ops-{dtype}")}, 0.035))
+    # the engine per step kind on a Wan2.1-1.3B-width DiT at 480p (random weights, 2 of 30 blocks): graph first,
+    # then compile (cold compiles of 4 kinds), each its own step so a slow compile cannot cost the graph numbers
+    for modes in ("eager,graph", "eager,compile"):
+        name = "engine-" + modes.split(",")[1]
+        plan.append((name, [py, "bench/bench_step.py", "--cases", "wan13b-miga-stream", "--modes", modes, "--device",
+                            "cuda", "--dtype", "bfloat16", "--layers", "2"],
+                     {"MIGA_BENCH_RESULTS": str(out / name)}, 0.08))
     for mode in ("fifo", "miga-stream"):  # one step each: a timeout loses one mode's CSV, not both
         plan.append((f"render-{mode}", [py, "bench/fps_memory.py", "--modes", mode, "--engines",
                                         "baseline,eager,compile,graph", "--frames", "256", "--repeats", "2",
                                         "--warmup", "1", "--device", "cuda", "--out-dir", str(out / f"render-{mode}")],
-                     {}, 0.2))
+                     {}, 0.16))
     return plan
 
 
@@ -104,7 +116,9 @@ def markdown(report: dict, out: Path) -> str:
             continue
         keep = [k for k in rows[0] if k in ("op", "config", "shape", "dtype", "provider", "median_ms", "metric",
                                             "value", "max_abs_err_vs_ref", "mode", "engine", "frames",
-                                            "fps_e2e", "fps", "peak_rss_mb", "peak_cuda_mb", "skipped")]
+                                            "fps_e2e", "fps", "peak_rss_mb", "peak_cuda_mb", "skipped", "kind",
+                                            "calls", "denoiser_ms")
+                or k.endswith(("_first_s", "_median_ms", "_rel_err", "_peak_mb", "_peak_spread_mb"))]
         keep = keep or list(rows[0])[:8]
         lines += ["", f"## {path.relative_to(out)}", "", "| " + " | ".join(keep) + " |",
                   "|" + "---|" * len(keep)]

@@ -18,10 +18,12 @@ def test_dry_run_writes_the_report(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "gpu" / "report.json").read_text())
     names = [s["name"] for s in report["steps"]]
-    assert names[:2] == ["env", "tests"] and sum(n.startswith("ops-") for n in names) == 4 and "render" in names
+    assert names[:2] == ["env", "tests"] and sum(n.startswith("ops-") for n in names) == 4
+    assert "engine" in names and "render" in names
     assert all(s["ok"] for s in report["steps"]) and report["dry_run"] and "torch" in report["env"]
     md = (tmp_path / "gpu" / "report.md").read_text()
     assert "| tests | ok |" in md and "max_abs_err_vs_ref" in md and "gated_residual.csv" in md
+    assert "engine/step.csv" in md and "eager_median_ms" in md and "denoiser_ms" in md
     assert (tmp_path / "gpu" / "ops-float32" / "adaln_modulate.csv").is_file()
 
 
