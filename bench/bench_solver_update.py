@@ -46,17 +46,24 @@ def args(a):
     return {k: v for k, v in a.items() if k != "ring"}
 
 
+def written(a, update):
+    """`update(ring)` (in place) on this provider's own copy of the ring, returning the rows it wrote: a provider
+    that writes nothing shows the copy's random rows, not another provider's results."""
+    ring = a["ring"].clone()
+    return lambda: (update(ring), ring[a["slots"]])[1]
+
+
 def ref(a):
-    return lambda: solver_update_ref(a["ring"], **args(a))
+    return written(a, lambda ring: solver_update_ref(ring, **args(a)))
 
 
 def compiled(a):
     fn = torch.compile(solver_update_ref, fullgraph=True)
-    return lambda: fn(a["ring"], **args(a))
+    return written(a, lambda ring: fn(ring, **args(a)))
 
 
 def kernel(backend):
-    return lambda a: lambda: solver_update(a["ring"], **args(a), backend=backend)
+    return lambda a: written(a, lambda ring: solver_update(ring, **args(a), backend=backend))
 
 
 if __name__ == "__main__":
