@@ -88,6 +88,17 @@ def render_jobs(model: str | None, device: str, threads: int | None, outdir: str
     return rows
 
 
+def pack_engine_mode(req, device: torch.device) -> tuple[str, str | None]:
+    """The engine mode of a pack of requests like `req`: its `engine_mode`, with "auto" resolved as a single render
+    resolves it (`choose_mode`), at the cold-start break-even: a packed engine's compiled code (latents
+    [V*C, H, W], the packed denoiser) is its own, so another render's compile marker says nothing about it."""
+    if req.engine_mode != "auto":
+        return req.engine_mode, None
+    from .runtime.compile_cache import choose_mode
+
+    return choose_mode(torch.device(device), req.frames, warm=False)
+
+
 def pack_frames(gen, reqs: list) -> Iterator[tuple[int, np.ndarray]]:
     """(video index, uint8 frame [H, W, 3]) of V validated requests of one group (equal frames, plan, size, CFG)
     rendered by ONE engine run over packed latents [V*C, H, W], in the order the frames finish. Video v gets the
@@ -99,11 +110,14 @@ def pack_frames(gen, reqs: list) -> Iterator[tuple[int, np.ndarray]]:
 
     first, v = reqs[0], len(reqs)
     c, h, w = gen.bundle.latent_shape(first.size)
+    mode, why = pack_engine_mode(first, gen.device)
     engine = make_engine(gen.bundle, first.cfg, size=first.size, denoise=PackedDenoiser(gen.bundle.denoise, v),
                          latent_shape=(v * c, h, w), guidance_scale=first.guidance_scale,
                          cond=pack_conditions([r.conds[0] for r in reqs]),
                          uncond=pack_conditions([r.uncond for r in reqs]), seed=0, device=gen.device,
-                         dtype=LATENT_DTYPE)
+                         dtype=LATENT_DTYPE, mode=mode)
+    if why:
+        engine.mode_why["auto"] = why
     engine.noise = PackedNoise([r.seed for r in reqs], gen.device, engine.noise.method)
     codec = gen.bundle.codec
     decoders = [codec.stream_decoder() for _ in reqs]

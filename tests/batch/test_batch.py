@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from miga_fast import batch, batch_worker
 from miga_fast.errors import ConfigError, RenderError
@@ -101,6 +102,23 @@ def test_packed_videos_equal_their_own_renders(model, tmp_path):
         got, ref = np.stack(files[job["id"]]).astype(int), np.stack(alone[job["id"]]).astype(int)
         assert got.shape == ref.shape == (16, 32, 32, 3) and np.abs(got - ref).mean() < 2  # measured ~1.1
     assert not list((tmp_path / "packed").glob(".*"))
+
+
+def test_a_pack_resolves_engine_mode_auto_as_a_cold_single_render(model):
+    from miga_fast.pipeline import load
+    from miga_fast.runtime.compile_cache import BREAK_EVEN_FRAMES
+
+    gen = load(str(model))
+    cold = BREAK_EVEN_FRAMES["cold"]
+    cases = [("auto", cold - 1, "eager"), ("auto", cold, "compile"), ("eager", 10 * cold, "eager"),
+             ("compile", 4, "compile")]
+    for asked, frames, expected in cases:
+        req = gen.request(JOBS[0]["prompt"], frames, engine_mode=asked)
+        mode, why = batch_worker.pack_engine_mode(req, torch.device("cpu"))
+        assert mode == expected and (why is None) == (asked != "auto") and (why is None or "cold-start" in why)
+    assert batch_worker.pack_engine_mode(req, torch.device("cuda"))[0] == "compile"  # explicit: kept
+    auto = gen.request(JOBS[0]["prompt"], 16, engine_mode="auto")
+    assert batch_worker.pack_engine_mode(auto, torch.device("cuda"))[0] == "auto"  # CUDA graphs with fallback
 
 
 def test_a_failing_job_is_recorded_and_the_batch_goes_on(model, tmp_path, monkeypatch):
