@@ -124,15 +124,17 @@ def test_training_from_a_shallower_file_deepens_it(tmp_path, capsys):
 UNET = TinySpec.vc2(frame_size=8, text_dim=16, unet={**VC2_TINY_UNET, "context_dim": 16})
 
 
-def test_unet_bundle_round_trips_and_renders_with_the_ddim_presets(tmp_path):
+@pytest.mark.parametrize("target", ["eps", "v"])
+def test_unet_bundle_round_trips_and_renders_with_the_ddim_presets(tmp_path, target):
     from miga_fast.pipeline import load
     from miga_fast.solvers import DDIMSolver
 
     torch.manual_seed(0)
-    model = TinyVideoModel(UNET)
+    spec = dataclasses.replace(UNET, unet_target=target)
+    model = TinyVideoModel(spec)
     model.save(tmp_path / "unet.safetensors", extra={"steps": 0})
     loaded = TinyVideoModel.load(tmp_path / "unet.safetensors")
-    assert loaded.spec == UNET and loaded.spec.prediction == "eps" and not hasattr(loaded, "dit")
+    assert loaded.spec == spec and loaded.spec.prediction == "eps" and not hasattr(loaded, "dit")
     for (name, p), q in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     gen = load(tmp_path / "unet.safetensors")
@@ -141,6 +143,11 @@ def test_unet_bundle_round_trips_and_renders_with_the_ddim_presets(tmp_path):
         frames = list(gen.stream(PROMPT, frames=10, mode=mode, seed=1))
         assert len(frames) == 10 and frames[0].shape == (8, 8, 3) and frames[0].dtype.name == "uint8"
         assert isinstance(gen.engines[-1].solver, DDIMSolver)
+    if target == "v":  # the v -> eps conversion compiles whole (the engine's compile mode is fullgraph)
+        model.unet.denoise = lambda x, t, cond: torch.tanh(x) * cond.mean()  # a stand-in net: compile the rest
+        x, t, cond = torch.randn(2, 3, 8, 8, 8), torch.tensor([[999.0] * 8, [3.0] * 8]), torch.randn(2, 12, 16)
+        compiled = torch.compile(model.denoise, fullgraph=True)(x, t, cond)
+        assert torch.allclose(compiled, model.denoise(x, t, cond), rtol=1e-5, atol=1e-6)
 
 
 def test_unet_plain_clip_sampler_lands_on_the_clip_an_oracle_denoises_to():
@@ -256,6 +263,8 @@ def test_v_target_unet_denoises_to_eps():
     xt, t, v = noised(spec, x0, torch.tensor([0.02, 0.9995]), eps, 1.0)
     model.unet.denoise = lambda x, t_, cond: v
     assert torch.allclose(model.denoise(xt, t, None), eps, atol=2e-6)
+    assert model.to(torch.bfloat16).alphas_cumprod.dtype == torch.float32  # the table keeps its precision
+    assert torch.equal(model.alphas_cumprod, model._table())
     model = TinyVideoModel(UNET)  # an eps UNet's denoiser is the UNet itself
     model.unet.denoise = lambda x, t_, cond: v
     assert model.denoise(xt, t, None) is v

@@ -13,7 +13,6 @@ the file.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from pathlib import Path
@@ -103,12 +102,6 @@ class TinySpec:
         return 2 ** (len(self.unet["channel_mult"]) - 1)
 
 
-@functools.cache
-def vc2_alphas_cumprod_tensor(device: torch.device) -> torch.Tensor:
-    """VideoCrafter2's DDPM alpha-bar table ``[1000]`` (fp32) on `device`, what the tiny UNet trains on."""
-    return torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32, device=device)
-
-
 class TinyVideoModel(nn.Module):
     """denoise(x [B, 3, F, H, W] in [-1, 1] pixel space, t [B, F], text [B, S, D]) -> flow (wan) or eps (vc2,
     whatever its `unet_target`).
@@ -123,7 +116,20 @@ class TinyVideoModel(nn.Module):
             self.dit = WanDiT(WanConfig(**spec.dit))
         else:
             self.unet = VC2UNet(VC2Config(**spec.unet))
+            if spec.unet_target == "v":  # VideoCrafter2's DDPM table [1000] (not saved: it is not trained)
+                self.register_buffer("alphas_cumprod", self._table(), persistent=False)
         self.text = TinyTextEncoder(spec.text_dim, spec.text_length)
+
+    @staticmethod
+    def _table(device: torch.device | None = None) -> torch.Tensor:
+        return torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32, device=device)
+
+    def _apply(self, fn, recurse=True):
+        # `.to(device, dtype)` moves the table but must not round it to the weights' dtype (bf16: 8 mantissa bits)
+        super()._apply(fn, recurse)
+        if hasattr(self, "alphas_cumprod"):
+            self.alphas_cumprod = self._table(self.alphas_cumprod.device)
+        return self
 
     @property
     def net(self) -> nn.Module:
@@ -140,7 +146,7 @@ class TinyVideoModel(nn.Module):
         # v -> eps: eps = sqrt(acp) v + sqrt(1 - acp) x. Why a "v" UNet: with eps the UNet must copy each frame's
         # input mean into its output to within ~0.007 at t = 999 (x0 = (x - sqrt(1-acp) eps) / 0.068), which its
         # per-frame GroupNorms strip; here x's mean reaches eps through the formula, not through the network
-        a = vc2_alphas_cumprod_tensor(x.device)[t.long()].view(t.shape[0], 1, t.shape[1], 1, 1)
+        a = self.alphas_cumprod[t.long()].view(t.shape[0], 1, t.shape[1], 1, 1)
         return (a.sqrt() * out.float() + (1 - a).sqrt() * x.float()).to(x.dtype)
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:

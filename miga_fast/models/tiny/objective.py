@@ -11,7 +11,8 @@ import random
 import torch
 from tqdm import tqdm
 
-from .bundle import TinySpec, vc2_alphas_cumprod_tensor
+from ...solvers.ddim import vc2_alphas_cumprod
+from .bundle import TinySpec
 from .world import sample_clips
 
 
@@ -50,6 +51,9 @@ def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
+_ALPHAS_CUMPROD = torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32)  # [1000], VideoCrafter2's DDPM table
+
+
 def noised(spec: TinySpec, x0: torch.Tensor, u: torch.Tensor, eps: torch.Tensor,
            shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clean clips ``x0 [n, 3, F, H, W]`` noised at one level per clip, from uniform ``u [n]`` and noise ``eps``:
@@ -62,7 +66,7 @@ def noised(spec: TinySpec, x0: torch.Tensor, u: torch.Tensor, eps: torch.Tensor,
         s = sigma.view(-1, 1, 1, 1, 1)
         return (1 - s) * x0 + s * eps, (sigma * 1000).view(-1, 1).expand(-1, frames), eps - x0
     step = (u * 1000).long().clamp(max=999)
-    a = vc2_alphas_cumprod_tensor(x0.device)[step].view(-1, 1, 1, 1, 1)
+    a = _ALPHAS_CUMPROD[step].view(-1, 1, 1, 1, 1)
     target = eps if spec.unet_target == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
     return a.sqrt() * x0 + (1 - a).sqrt() * eps, step.float().view(-1, 1).expand(-1, frames), target
 
