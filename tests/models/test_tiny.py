@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from miga_fast.models.tiny import train
-from miga_fast.models.tiny.bundle import VC2_TINY_UNET, TinySpec, TinyVideoModel
+from miga_fast.models.tiny.bundle import VC2_TINY_UNET, TinySpec, TinyVideoModel, vc2_table
 from miga_fast.models.tiny.clips import clip_grid, sample_plain_clips
 from miga_fast.models.tiny.objective import training_noise
 
@@ -264,7 +264,7 @@ def test_v_target_unet_denoises_to_eps():
     model.unet.denoise = lambda x, t_, cond: v
     assert torch.allclose(model.denoise(xt, t, None), eps, atol=2e-6)
     assert model.to(torch.bfloat16).alphas_cumprod.dtype == torch.float32  # the table keeps its precision
-    assert torch.equal(model.alphas_cumprod, model._table())
+    assert torch.equal(model.alphas_cumprod, vc2_table())
     model = TinyVideoModel(UNET)  # an eps UNet's denoiser is the UNet itself
     model.unet.denoise = lambda x, t_, cond: v
     assert model.denoise(xt, t, None) is v

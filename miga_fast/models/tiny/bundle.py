@@ -102,6 +102,11 @@ class TinySpec:
         return 2 ** (len(self.unet["channel_mult"]) - 1)
 
 
+def vc2_table(device: torch.device | None = None) -> torch.Tensor:
+    """VideoCrafter2's DDPM alpha-bar table ``[1000]`` in fp32: what the tiny UNet trains and denoises on."""
+    return torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32, device=device)
+
+
 class TinyVideoModel(nn.Module):
     """denoise(x [B, 3, F, H, W] in [-1, 1] pixel space, t [B, F], text [B, S, D]) -> flow (wan) or eps (vc2,
     whatever its `unet_target`).
@@ -117,18 +122,14 @@ class TinyVideoModel(nn.Module):
         else:
             self.unet = VC2UNet(VC2Config(**spec.unet))
             if spec.unet_target == "v":  # VideoCrafter2's DDPM table [1000] (not saved: it is not trained)
-                self.register_buffer("alphas_cumprod", self._table(), persistent=False)
+                self.register_buffer("alphas_cumprod", vc2_table(), persistent=False)
         self.text = TinyTextEncoder(spec.text_dim, spec.text_length)
-
-    @staticmethod
-    def _table(device: torch.device | None = None) -> torch.Tensor:
-        return torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32, device=device)
 
     def _apply(self, fn, recurse=True):
         # `.to(device, dtype)` moves the table but must not round it to the weights' dtype (bf16: 8 mantissa bits)
         super()._apply(fn, recurse)
         if hasattr(self, "alphas_cumprod"):
-            self.alphas_cumprod = self._table(self.alphas_cumprod.device)
+            self.alphas_cumprod = vc2_table(self.alphas_cumprod.device)
         return self
 
     @property

@@ -11,8 +11,7 @@ import random
 import torch
 from tqdm import tqdm
 
-from ...solvers.ddim import vc2_alphas_cumprod
-from .bundle import TinySpec
+from .bundle import TinySpec, vc2_table
 from .world import sample_clips
 
 
@@ -51,7 +50,7 @@ def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-_ALPHAS_CUMPROD = torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32)  # [1000], VideoCrafter2's DDPM table
+_ALPHAS_CUMPROD = vc2_table()  # [1000], VideoCrafter2's DDPM table
 
 
 def noised(spec: TinySpec, x0: torch.Tensor, u: torch.Tensor, eps: torch.Tensor,
