@@ -285,3 +285,16 @@ def test_training_from_a_file_can_regroup_and_retarget_its_unet(tmp_path, capsys
         train.main([*args, "--workdir", str(tmp_path / "v"), "--steps", "3", "--unet-target", "eps"])
     with pytest.raises(SystemExit, match="--unet-target is for --arch vc2"):
         train.main(["--workdir", str(tmp_path / "dit"), "--unet-target", "v"])
+
+
+def test_bf16_autocast_training_computes_the_same_loss_to_bf16_precision(tmp_path):
+    args = ["--arch", "vc2", "--pool", "32", "--batch", "1", "--image-batch", "1", "--eval-minutes", "0",
+            "--steps", "1"]
+    losses = {}
+    for mode in ("off", "bf16"):
+        train.main([*args, "--workdir", str(tmp_path / mode), "--autocast", mode])
+        with open(tmp_path / mode / "loss.csv") as f:
+            losses[mode] = float(next(csv.DictReader(f))["loss"])
+    # same seed, same batch: only the forward's precision differs (bf16 keeps ~3 significant digits)
+    assert losses["bf16"] != losses["off"]
+    assert abs(losses["bf16"] - losses["off"]) < 0.02 * losses["off"], losses

@@ -146,6 +146,9 @@ def main(argv=None) -> None:
                         "retargeted")
     p.add_argument("--eval-minutes", type=float, default=20.0,
                    help="score the EMA weights this often (about 90 s on one thread; 0 = never)")
+    p.add_argument("--autocast", choices=("off", "bf16"), default="off",
+                   help="bf16: the forward and backward under CPU bf16 autocast (weights, Adam and EMA stay fp32); "
+                        "about 1.8x faster here (AVX512-BF16); off: plain fp32")
     p.add_argument("--init", type=Path, default=None,
                    help="start from these bundled-model weights (e.g. the shipped file) with a fresh optimizer; "
                         "the step count continues from the file's 'steps' metadata; a file with fewer blocks "
@@ -275,7 +278,8 @@ def main(argv=None) -> None:
                 u = torch.rand(n)
                 eps = training_noise(x0, args.offset_noise)
                 xt, t, target = noised(spec, x0, u, eps, args.sigma_shift)  # one level per clip (training condition)
-                pred = model.net(xt, t, model.text.encode(prompts))
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+                    pred = model.net(xt, t, model.text.encode(prompts)).float()
                 # weighted by frames, so a step's loss is the MSE over every frame it saw
                 loss = loss + (pred - target).pow(2).mean() * (n * frames)
             loss = loss / (args.batch * spec.window + args.image_batch)
