@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="videos per engine run, packed along channels (reflection runs unpacked: its decisions "
                         "would be shared)")
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the model's weights (latents stay fp32); bfloat16 is about 1.8x faster on an AVX512-BF16 CPU")
     p.add_argument("--gap-clips", type=int, default=16, help="held-out clips for the gap probe (--study)")
     p.add_argument("--speed", action="store_true", help="only measure frames/s per variant and project the time")
     p.add_argument("--budget-minutes", type=float, help="start no render after this; report complete groups only")

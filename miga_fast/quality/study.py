@@ -5,7 +5,8 @@
 Writes `videos.csv` (one row per rendered video), `per_frame.csv` (metric means per frame index),
 `gap.csv` / `gap_rows.csv` (train-inference gap probe), `table.md` (means with 95% intervals over videos,
 bootstrap by default, `--interval t` for Student t; paired differences, with wins per (prompt, seed), against
-FIFO, miga-stream against miga and each ablation against MIGA) and PNG plots.
+FIFO, miga-stream against miga and each ablation against MIGA) and PNG plots. Every rendered pack is kept in
+`journal.jsonl` as it finishes: an interrupted or budget-cut study continues when the same command is run again.
 
 Ablations are MIGA (offline, the official schedule) with one component changed through PlanConfig
 overrides; what each one means on the tiny presets (T=16, f0=8, L_zig=2, m=2, end_level=3,
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from ..video import to_uint8
+from .journal import Journal, file_sha256, pack_key
 from .metrics import DIRECTION, all_metrics
 from .scorer import score_video
 
@@ -95,13 +97,16 @@ def variants_named(names: Iterable[str] | None) -> list[Variant]:
 _GEN = {}
 
 
-def _generator(model_path: str, threads: int):
-    if model_path not in _GEN:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _generator(model_path: str, threads: int, dtype: str = "float32"):
+    if (model_path, dtype) not in _GEN:
         from ..pipeline import load
 
-        _GEN[model_path] = load(model_path)
+        _GEN[model_path, dtype] = load(model_path, dtype=DTYPES[dtype])
     torch.set_num_threads(threads)
-    return _GEN[model_path]
+    return _GEN[model_path, dtype]
 
 
 @torch.no_grad()
@@ -129,10 +134,11 @@ def render_pack(gen, variant: Variant, videos: list[tuple[str, int]], frames: in
 
 
 def render_and_score(model_path: str, variant: Variant, videos: list[tuple[str, int]], frames: int,
-                     guidance: float = 4.0, threads: int = 1, seed: int = 0) -> list[dict]:
-    """Render a pack of videos (engine seed `seed`) and score each: one row per video with its scores and
-    `series` (per-frame arrays); `seconds` is the pack's wall time divided by its size."""
-    gen = _generator(model_path, threads)
+                     guidance: float = 4.0, threads: int = 1, seed: int = 0, dtype: str = "float32") -> list[dict]:
+    """Render a pack of videos (engine seed `seed`, the model's weights in `dtype`, latents fp32) and score each:
+    one row per video with its scores and `series` (per-frame arrays); `seconds` is the pack's wall time divided
+    by its size."""
+    gen = _generator(model_path, threads, dtype)
     start = time.perf_counter()
     latents = render_pack(gen, variant, videos, frames, guidance, seed)
     seconds = (time.perf_counter() - start) / len(videos)
@@ -149,12 +155,15 @@ def render_and_score(model_path: str, variant: Variant, videos: list[tuple[str, 
 
 def run_study(model_path: str | os.PathLike, variants: list[Variant], prompts: list[str], seeds: Iterable[int],
               frames: int, *, guidance: float = 4.0, workers: int = 1, pack: int = 4, deadline: float | None = None,
-              progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
+              progress: Callable[[list[dict], int], None] | None = None, dtype: str = "float32",
+              journal: str | os.PathLike | None = None) -> list[dict]:
     """Every (variant, prompt, seed): the videos in packs of up to `pack` (reflection: 1, its decisions would
     be shared by a pack), each pack through every variant, on `workers` processes sharing the CPU's threads.
 
     Past `deadline` (time.perf_counter) no new pack starts; `complete_groups` then keeps only the
-    (prompt, seed) groups every variant rendered. Rows in task order.
+    (prompt, seed) groups every variant rendered. Rows in task order. `journal` (a path): packs already in it
+    are not rendered again, and each new pack is appended to it when done (see journal.py).
+    `progress(rows, videos_done)`: once per new pack, and first with no rows if the journal had some.
     """
     videos = [(p, s) for s in seeds for p in prompts]
     tasks = []
@@ -167,33 +176,45 @@ def run_study(model_path: str | os.PathLike, variants: list[Variant], prompts: l
                       else [(v, chunk, i)])
     model_path = str(model_path)
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    book = Journal(journal) if journal is not None else None
+    sha = file_sha256(model_path) if book else ""
+    keys = [pack_key(sha, v.name, pack_videos, seed, frames, guidance, dtype) for v, pack_videos, seed in tasks]
+    done: list[list[dict] | None] = [book.get(k) if book else None for k in keys]
 
     def late():
         return deadline is not None and time.perf_counter() > deadline
 
+    def videos_done() -> int:
+        return sum(len(rows) for rows in done if rows)
+
+    def finished(i: int, rows: list[dict]) -> None:
+        done[i] = rows
+        if book:
+            book.add(keys[i], rows)
+        if progress:
+            progress(rows, videos_done())
+
+    todo = [i for i, rows in enumerate(done) if rows is None]
+    if progress and len(todo) < len(tasks):
+        progress([], videos_done())
     if workers <= 1:
-        rows = []
-        for v, pack_videos, seed in tasks:
+        for i in todo:
             if late():
                 break
-            rows += (new := render_and_score(model_path, v, pack_videos, frames, guidance, threads, seed))
-            if progress:
-                progress(new)
-        return rows
-    done: list[list[dict]] = [[] for _ in tasks]
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(render_and_score, model_path, v, pack_videos, frames, guidance, threads, seed): i
-                   for i, (v, pack_videos, seed) in enumerate(tasks)}
-        for fut in as_completed(futures):
-            if fut.cancelled():
-                continue
-            done[futures[fut]] = fut.result()
-            if progress:
-                progress(done[futures[fut]])
-            if late():
-                for f in futures:
-                    f.cancel()  # only tasks not yet started; running ones finish
-    return [r for rows in done for r in rows]
+            v, pack_videos, seed = tasks[i]
+            finished(i, render_and_score(model_path, v, pack_videos, frames, guidance, threads, seed, dtype))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(render_and_score, model_path, *tasks[i][:2], frames, guidance, threads,
+                                   tasks[i][2], dtype): i for i in todo}
+            for fut in as_completed(futures):
+                if fut.cancelled():
+                    continue
+                finished(futures[fut], fut.result())
+                if late():
+                    for f in futures:
+                        f.cancel()  # only tasks not yet started; running ones finish
+    return [r for rows in done if rows for r in rows]
 
 
 def complete_groups(rows: list[dict]) -> list[dict]:
@@ -206,9 +227,9 @@ def complete_groups(rows: list[dict]) -> list[dict]:
 
 
 def measure_speed(model_path: str | os.PathLike, variants: list[Variant], frames: int = 64, pack: int = 4,
-                  prompt: str = PROMPTS[0], threads: int = 2) -> dict[str, float]:
+                  prompt: str = PROMPTS[0], threads: int = 2, dtype: str = "float32") -> dict[str, float]:
     """Video frames per second of each variant rendered as one pack of `pack` videos (model loaded first)."""
-    gen = _generator(str(model_path), threads)
+    gen = _generator(str(model_path), threads, dtype)
     out = {}
     for v in variants:
         size = 1 if v.overrides.get("reflection") else pack
@@ -447,6 +468,8 @@ def _command(args, variants: list[Variant]) -> str:
     parts = ["miga-fast eval"] + (["--study"] if args.study else [])
     parts += [f"--seeds {args.seeds}", f"--prompts {args.prompts}", f"--frames {args.frames}", f"--out {args.out}",
               f"--workers {args.workers}", f"--pack {args.pack}", f"--guidance {args.guidance:g}"]
+    if args.dtype != "float32":
+        parts.append(f"--dtype {args.dtype}")
     if args.model:
         parts.append(f"--model {args.model}")
     if args.variants:
@@ -479,34 +502,36 @@ def run_eval(args) -> int:
     prompts, seeds = PROMPTS[: args.prompts], list(range(args.seeds))
     videos = len(variants) * len(prompts) * len(seeds)
     if args.speed:
-        fps = measure_speed(model, variants, args.frames, args.pack)
+        fps = measure_speed(model, variants, args.frames, args.pack, dtype=args.dtype)
         total = sum(len(prompts) * len(seeds) * args.frames / f for f in fps.values())
         for name, f in fps.items():
             print(f"{name:<20} {f:7.2f} video frames/s ({args.frames} frames, packs of {args.pack}, 2 threads)")
         print(f"projected: {videos} videos, {total / 60:.1f} min")
         return 0
     start = time.perf_counter()
-    done = [0]
+    journal = Path(args.out) / "journal.jsonl"
 
-    def progress(rows):
-        done[0] += len(rows)
+    def progress(rows, videos_done):
+        if not rows:
+            print(f"resumed: {videos_done} videos already rendered, from {journal}", flush=True)
+            return
         mean = {k: float(np.mean([r[k] for r in rows])) for k in ("subject_consistency", "temporal_flickering",
                                                                    "colour_error")}
-        print(f"[{done[0]}/{videos}] {rows[0]['variant']:<18} {len(rows)} videos x {rows[0]['frames']} frames "
+        print(f"[{videos_done}/{videos}] {rows[0]['variant']:<18} {len(rows)} videos x {rows[0]['frames']} frames "
               f"{rows[0]['seconds'] * len(rows):.0f} s  subj {mean['subject_consistency']:.4f} "
               f"flick {mean['temporal_flickering']:.4f} colour {mean['colour_error']:.3f}  "
               f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
 
     deadline = start + 60 * args.budget_minutes if args.budget_minutes else None
     rows = run_study(model, variants, prompts, seeds, args.frames, guidance=args.guidance, workers=args.workers,
-                     pack=args.pack, deadline=deadline, progress=progress)
+                     pack=args.pack, deadline=deadline, progress=progress, dtype=args.dtype, journal=journal)
     render_minutes = (time.perf_counter() - start) / 60
     rendered = len(rows)
     rows = complete_groups(rows)
     groups = sorted({(r["seed"], PROMPTS.index(r["prompt"])) for r in rows})
     if len(groups) < len(prompts) * len(seeds):
         print(f"budget reached: {len(groups)} of {len(prompts) * len(seeds)} (prompt, seed) groups complete "
-              f"({rendered} of {videos} videos rendered)", flush=True)
+              f"({rendered} of {videos} videos rendered); run the same command again to continue", flush=True)
     gap_rows = None
     if args.study and args.gap_clips > 0:
         from ..pipeline import load
