@@ -6,7 +6,8 @@ sampler: plain clips of the 12 evaluation prompts (`models.tiny.evaluate.PROMPTS
 pattern), every frame at one level, under DDIM eta x steps x CFG scale; the scorer's pooled shape accuracy and
 one-object rate. The presets sample with eta 1, 16 steps, CFG 4 (the first row).
 from level: 9 world clips (3 scenes x circle / square / triangle) noised to DDIM level k of 16 (DDPM step
-t_k) and denoised from there to 0 with the presets' sampler; shape accuracy per shape. A model that keeps
+t_k) and denoised from there to 0 with the presets' sampler (or each --from-sampler ETA,CFG); shape accuracy
+per shape. A model that keeps
 squares from low k but not from high k decides corners early, under heavy noise; one that rounds them off even
 from a low k cannot draw them at all. Writes shape_probe_<name>.{md,csv} into --out.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import random
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +70,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--sampler", action="append", metavar="ETA,STEPS,CFG",
                    help="a sampler setting to try (repeatable; default: the presets' 1,16,4 and six others)")
+    p.add_argument("--from-sampler", action="append", metavar="ETA,CFG",
+                   help="DDIM eta and CFG scale for the from-level probe (repeatable; default the presets' 1,4)")
     p.add_argument("--levels", default=",".join(map(str, LEVELS)), help="DDIM levels (of 16) to start from")
     p.add_argument("--name", default=None, help="output files shape_probe_<name>.* (default: the weights' stem)")
     p.add_argument("--out", type=Path, default=Path("bench/results/quality/unet_training"))
@@ -75,8 +80,11 @@ def main(argv=None) -> None:
         samplers = [(float(e), int(n), float(c)) for e, n, c in (v.split(",") for v in args.sampler)] \
             if args.sampler else SAMPLERS
         levels = [int(k) for k in args.levels.split(",")]
+        from_samplers = [(float(e), float(c)) for e, c in (v.split(",") for v in args.from_sampler)] \
+            if args.from_sampler else [(1.0, 4.0)]
     except ValueError:
-        p.error("--sampler takes ETA,STEPS,CFG (e.g. 1,16,4) and --levels comma-separated integers")
+        p.error("--sampler takes ETA,STEPS,CFG (e.g. 1,16,4), --from-sampler ETA,CFG (e.g. 0,1) and --levels "
+                "comma-separated integers")
     if not all(0 <= k < 16 for k in levels):
         p.error(f"--levels must be in [0, 15] (got {args.levels})")
     model = TinyVideoModel.load(args.weights)
@@ -84,7 +92,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"--weights {args.weights}: arch {model.spec.arch!r}; this probe is for the DDIM UNet")
     bundle, f, size = tiny_bundle(model), model.spec.window, model.spec.frame_size
     rows, lines = [], [f"# Shape probe: {args.weights}", "",
-                       f"`python bench/shape_probe.py --weights {args.weights} --seeds {args.seeds}`", ""]
+                       f"`python bench/shape_probe.py {shlex.join(sys.argv[1:] if argv is None else argv)}`", ""]
     start = time.perf_counter()
 
     lines += ["## Sampler settings (plain clips, 12 prompts x seeds)", "", "| eta | steps | CFG | shape | one object |",
@@ -101,28 +109,31 @@ def main(argv=None) -> None:
         lines.append(f"| {eta:g} | {steps} | {guidance:g} | {pool['shape']:.3f} | {pool['one object']:.3f} |")
         print(lines[-1], flush=True)
 
-    solver = DDIMSolver(16, eta=1.0)
     prompts = [f"a {c} {s} {m} on a {pat} {bg} background" for c, bg, pat, m in SCENES for s in SHAPES]
     rng = random.Random(0)
     truth = torch.stack([render(parse_prompt(q), f, size, start=rng.uniform(0, 1000),
                                 phase=(rng.random(), rng.random())) for q in prompts])  # [B, F, 3, H, W]
     x0 = truth.reshape(-1, 3, size, size)
-    lines += ["", "## From a noised world clip (DDIM eta 1, 16 levels, CFG 4; 3 scenes x seeds per shape)", "",
-              "| level | DDPM t | " + " | ".join(SHAPES) + " |", "|---|---|" + "---|" * len(SHAPES)]
-    for level in levels:
-        read = {s: [] for s in SHAPES}
-        for seed in range(args.seeds):
-            g = torch.Generator().manual_seed(seed)
-            a = solver.alphas[level]
-            x = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
-            for q, s in zip(prompts, scores(denoise(bundle, solver, x, level, prompts, 4.0, g), prompts), strict=True):
-                read[parse_prompt(q).shape].append(s)
-        acc = {s: pooled(v)["shape"] for s, v in read.items()}
-        rows += [{"probe": "from level", "eta": 1.0, "steps": 16, "guidance": 4.0, "level": level, "shape_of": s,
-                  "shape": a, "one_object": pooled(read[s])["one object"]} for s, a in acc.items()]
-        lines.append(f"| {level} | {int(solver.timesteps[level])} | " + " | ".join(f"{acc[s]:.2f}" for s in SHAPES)
-                     + " |")
-        print(lines[-1], flush=True)
+    for eta, guidance in from_samplers:
+        solver = DDIMSolver(16, eta=eta)
+        lines += ["", f"## From a noised world clip (DDIM eta {eta:g}, 16 levels, CFG {guidance:g}; 3 scenes x seeds "
+                  "per shape)", "", "| level | DDPM t | " + " | ".join(SHAPES) + " |",
+                  "|---|---|" + "---|" * len(SHAPES)]
+        for level in levels:
+            read = {s: [] for s in SHAPES}
+            for seed in range(args.seeds):
+                g = torch.Generator().manual_seed(seed)
+                a = solver.alphas[level]
+                x = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
+                for q, s in zip(prompts, scores(denoise(bundle, solver, x, level, prompts, guidance, g), prompts),
+                                strict=True):
+                    read[parse_prompt(q).shape].append(s)
+            acc = {s: pooled(v)["shape"] for s, v in read.items()}
+            rows += [{"probe": "from level", "eta": eta, "steps": 16, "guidance": guidance, "level": level,
+                      "shape_of": s, "shape": a, "one_object": pooled(read[s])["one object"]} for s, a in acc.items()]
+            lines.append(f"| {level} | {int(solver.timesteps[level])} | "
+                         + " | ".join(f"{acc[s]:.2f}" for s in SHAPES) + " |")
+            print(lines[-1], flush=True)
     lines += ["", f"{(time.perf_counter() - start) / 60:.1f} min, {torch.get_num_threads()} threads."]
     name = args.name or args.weights.stem
     args.out.mkdir(parents=True, exist_ok=True)

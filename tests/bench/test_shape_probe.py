@@ -41,10 +41,13 @@ def test_shape_probe_writes_both_tables(tmp_path):
     unet = {**VC2_TINY_UNET, "model_channels": 8, "num_head_channels": 8, "context_dim": 16, "norm_groups": 8}
     TinyVideoModel(TinySpec.vc2(frame_size=16, text_dim=16, unet=unet)).save(path)
     shape_probe.main(["--weights", str(path), "--seeds", "1", "--out", str(tmp_path), "--name", "t",
-                      "--sampler", "1,16,4", "--sampler", "0,4,2", "--levels", "15,3"])
+                      "--sampler", "1,16,4", "--sampler", "0,4,2", "--levels", "15,3",
+                      "--from-sampler", "1,4", "--from-sampler", "0,1"])
     with open(tmp_path / "shape_probe_t.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 + 2 * len(SHAPES)
+    assert len(rows) == 2 + 2 * 2 * len(SHAPES)  # two sampler rows; per from-sampler, per level, per shape
     assert all(0 <= float(r["one_object"]) <= 1 for r in rows)
     md = (tmp_path / "shape_probe_t.md").read_text()
+    assert "--from-sampler 0,1" in md  # the command that made it
+    assert "(DDIM eta 1, 16 levels, CFG 4;" in md and "(DDIM eta 0, 16 levels, CFG 1;" in md
     assert "| 1 | 16 | 4 |" in md and "| 0 | 4 | 2 |" in md and "| 15 | 999 |" in md and "| 3 | 200 |" in md

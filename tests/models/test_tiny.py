@@ -298,3 +298,42 @@ def test_bf16_autocast_training_computes_the_same_loss_to_bf16_precision(tmp_pat
     # same seed, same batch: only the forward's precision differs (bf16 keeps ~3 significant digits)
     assert losses["bf16"] != losses["off"]
     assert abs(losses["bf16"] - losses["off"]) < 0.02 * losses["off"], losses
+
+
+def test_add_attention_keeps_the_unet_function_and_adds_identity_transformers():
+    torch.manual_seed(0)
+    small = TinyVideoModel(UNET).eval()
+    for p in small.parameters():  # trained-like weights: nothing zero by chance
+        p.data.normal_(0, 0.2)
+    grown = TinyVideoModel(dataclasses.replace(UNET, unet={**UNET.unet, "attention_resolutions": (2, 4)})).eval()
+    train.add_attention(small.unet, grown.unet)
+    grown.text.load_state_dict(small.text.state_dict())
+    x = torch.randn(2, 3, UNET.window, UNET.frame_size, UNET.frame_size)
+    t, cond = torch.randint(0, 1000, (2, UNET.window)), small.text.encode([PROMPT, ""])
+    with torch.no_grad():
+        assert (grown.unet(x, t, cond) - small.unet(x, t, cond)).abs().max() < 1e-5
+    n_new = sum(p.numel() for p in grown.parameters()) - sum(p.numel() for p in small.parameters())
+    assert n_new > 0
+    # every old tensor is in the grown UNet under its (possibly shifted) name: an upsampler moves past the new
+    # transformers, e.g. output_blocks.3.1 -> output_blocks.3.3
+    grown_values = list(grown.unet.state_dict().values())
+    for name, v in small.unet.state_dict().items():
+        assert any(w.shape == v.shape and torch.equal(w, v) for w in grown_values), name
+    assert torch.equal(grown.unet.state_dict()["output_blocks.3.3.conv.weight"],
+                       small.unet.state_dict()["output_blocks.3.1.conv.weight"])
+    with pytest.raises(ValueError, match="superset of its attention_resolutions"):
+        train.add_attention(grown.unet, small.unet)
+
+
+def test_training_from_a_file_can_add_attention_to_its_unet(tmp_path, capsys):
+    args = ["--arch", "vc2", "--pool", "32", "--batch", "1", "--image-batch", "1", "--eval-minutes", "0"]
+    train.main([*args, "--workdir", str(tmp_path / "small"), "--steps", "1"])
+    train.main([*args, "--workdir", str(tmp_path / "grown"), "--steps", "2", "--attention-resolutions", "2,4",
+                "--init", str(tmp_path / "small" / "tiny_world.safetensors")])
+    assert "grew" in capsys.readouterr().out
+    grown = TinyVideoModel.load(tmp_path / "grown" / "tiny_world.safetensors")
+    assert grown.unet.config.attention_resolutions == (2, 4) and grown.metadata["steps"] == "2"
+    with pytest.raises(SystemExit, match="continues a UNet with attention_resolutions"):
+        train.main([*args, "--workdir", str(tmp_path / "grown"), "--steps", "3", "--attention-resolutions", "4"])
+    with pytest.raises(SystemExit, match="must be among"):
+        train.main([*args, "--workdir", str(tmp_path / "bad"), "--attention-resolutions", "8"])

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..vc2_unet import SpatialTransformer, TemporalTransformer, VC2UNet
 from ..wan import WanDiT
 from .bundle import ARCHS, UNET_TARGETS, VC2_TINY_UNET, TinySpec, TinyVideoModel
 from .objective import ClipPool, noised, training_noise
@@ -55,6 +56,36 @@ def deepen(dit: WanDiT, layers: int) -> None:
         blocks.append(block)
     dit.blocks = torch.nn.ModuleList(blocks)
     dit.config = dataclasses.replace(dit.config, num_layers=layers)
+
+
+def add_attention(src: VC2UNet, dst: VC2UNet) -> None:
+    """Load `src`'s weights into `dst`, a UNet like it with attention at more resolutions (function-preserving).
+
+    Stage by stage, `src`'s layers map in order onto `dst`'s layers of the same class; the layers only `dst`
+    has (its new spatial and temporal transformers) get zero output projections, so they start as the identity
+    (both add their branch to `h`) while their inner weights start random.
+    """
+    new = dst.config.attention_resolutions
+    if set(src.config.attention_resolutions) - set(new) or dataclasses.replace(
+            src.config, attention_resolutions=new) != dst.config:
+        raise ValueError("add_attention: dst must be src's UNet with a superset of its attention_resolutions")
+    state, new_layers = {}, []
+    for name in ("input_blocks", "output_blocks"):
+        for i, (old, grown) in enumerate(zip(getattr(src, name), getattr(dst, name), strict=True)):
+            unmatched = list(range(len(grown)))
+            for layer in old:
+                k = next(k for k in unmatched if type(grown[k]) is type(layer))
+                unmatched = unmatched[unmatched.index(k) + 1:]
+                state.update({f"{name}.{i}.{k}.{n}": v for n, v in layer.state_dict().items()})
+            for k, layer in enumerate(grown):
+                if not any(key.startswith(f"{name}.{i}.{k}.") for key in state):
+                    assert isinstance(layer, (SpatialTransformer, TemporalTransformer))
+                    torch.nn.init.zeros_(layer.proj_out.weight)
+                    torch.nn.init.zeros_(layer.proj_out.bias)
+                    new_layers.append(f"{name}.{i}.{k}.")
+    state.update({n: v for n, v in src.state_dict().items() if not n.startswith(("input_blocks.", "output_blocks."))})
+    missing, unexpected = dst.load_state_dict(state, strict=False)
+    assert not unexpected and all(n.startswith(tuple(new_layers)) for n in missing), (missing, unexpected)
 
 
 def plot_eval(csv_path: Path, png_path: Path) -> None:
@@ -144,6 +175,10 @@ def main(argv=None) -> None:
                    help="vc2 only: what the UNet outputs, eps (VideoCrafter2, the default) or v; its denoiser "
                         "returns eps either way (see TinySpec.unet_target); with --init, the file's UNet is "
                         "retargeted")
+    p.add_argument("--attention-resolutions", default=None, metavar="DS,...",
+                   help="vc2 only: downsampling factors with spatial + temporal attention (default the tiny UNet's "
+                        "4, the 8x8 level; e.g. 2,4 adds the 16x16 one); with --init, the file's UNet is grown "
+                        "(see add_attention)")
     p.add_argument("--eval-minutes", type=float, default=20.0,
                    help="score the EMA weights this often (about 90 s on one thread; 0 = never)")
     p.add_argument("--autocast", choices=("off", "bf16"), default="off",
@@ -169,6 +204,17 @@ def main(argv=None) -> None:
         raise SystemExit("--norm-groups is for --arch vc2 (the DiT has no GroupNorm)")
     if args.unet_target is not None and wan:
         raise SystemExit("--unet-target is for --arch vc2 (the DiT predicts flow)")
+    if args.attention_resolutions is not None:
+        if wan:
+            raise SystemExit("--attention-resolutions is for --arch vc2 (the DiT attends everywhere)")
+        try:
+            args.attention_resolutions = tuple(sorted({int(v) for v in args.attention_resolutions.split(",")}))
+        except ValueError:
+            raise SystemExit(f"--attention-resolutions takes comma-separated downsampling factors such as 2,4 "
+                             f"(got {args.attention_resolutions!r})") from None
+        factors = (1, 2, 4)  # the tiny UNet's levels: 32x32, 16x16, 8x8
+        if not set(args.attention_resolutions) <= set(factors):
+            raise SystemExit(f"--attention-resolutions must be among {factors} (got {args.attention_resolutions})")
     if state is not None and state.get("spec"):
         spec = TinySpec.from_json(state["spec"])  # a resumed run keeps its architecture
     elif args.init is not None and not wan:
@@ -178,11 +224,15 @@ def main(argv=None) -> None:
             spec = dataclasses.replace(spec, unet={**spec.unet, "norm_groups": args.norm_groups})
         if args.unet_target is not None:
             spec = dataclasses.replace(spec, unet_target=args.unet_target)
+        if args.attention_resolutions is not None:
+            spec = dataclasses.replace(spec, unet={**spec.unet, "attention_resolutions": args.attention_resolutions})
     elif wan:
         spec = TinySpec()
     else:
         spec = TinySpec.vc2(unet={**VC2_TINY_UNET, **({} if args.norm_groups is None else
-                                                      {"norm_groups": args.norm_groups})},
+                                                      {"norm_groups": args.norm_groups}),
+                                  **({} if args.attention_resolutions is None else
+                                     {"attention_resolutions": args.attention_resolutions})},
                             unet_target=args.unet_target or "eps")
     if args.unet_target is not None and spec.unet_target != args.unet_target:
         raise SystemExit(f"--unet-target {args.unet_target}: this run continues a UNet with unet_target "
@@ -190,6 +240,10 @@ def main(argv=None) -> None:
     if args.norm_groups is not None and spec.unet.get("norm_groups", 32) != args.norm_groups:
         raise SystemExit(f"--norm-groups {args.norm_groups}: this run continues a UNet with norm_groups "
                          f"{spec.unet.get('norm_groups', 32)}")
+    if args.attention_resolutions is not None and tuple(spec.unet["attention_resolutions"]) != \
+            args.attention_resolutions:
+        raise SystemExit(f"--attention-resolutions {args.attention_resolutions}: this run continues a UNet with "
+                         f"attention_resolutions {tuple(spec.unet['attention_resolutions'])}")
     model = TinyVideoModel(spec)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -203,8 +257,14 @@ def main(argv=None) -> None:
         if wan and len(start_model.dit.blocks) < len(model.dit.blocks):
             deepen(start_model.dit, len(model.dit.blocks))
             print(f"deepened {args.init} to {len(model.dit.blocks)} blocks (new ones start as the identity)")
-        model.load_state_dict(start_model.state_dict())
-        ema.load_state_dict(start_model.state_dict())
+        if not wan and start_model.unet.config != model.unet.config:
+            add_attention(start_model.unet, model.unet)
+            model.text.load_state_dict(start_model.text.state_dict())
+            print(f"grew {args.init}'s UNet to attention at {model.unet.config.attention_resolutions} (new layers "
+                  "start as the identity)")
+        else:
+            model.load_state_dict(start_model.state_dict())
+        ema.load_state_dict(model.state_dict())
         step = init_step = int(start_model.metadata.get("steps", 0))
         print(f"initialised from {args.init} (step {step})")
     if state is not None:
