@@ -21,6 +21,7 @@ if "MIGA_FAST_CACHE_DIR" not in os.environ:
 import pytest  # noqa: E402
 
 from miga_fast.ops import backend as fused_backend  # noqa: E402
+from tests.tiny_model import save_tiny  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -63,3 +64,9 @@ def kernel_backend(request):
     if reason is not None:
         pytest.skip(f"{request.param} backend: {reason}")
     return request.param
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """tests/tiny_model.TINY's random weights (seed 0) on disk, for every test that loads a model file."""
+    return save_tiny(tmp_path_factory.mktemp("model") / "tiny.safetensors")

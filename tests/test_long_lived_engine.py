@@ -5,25 +5,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from miga_fast.models.tiny.bundle import TinySpec, TinyVideoModel
 from miga_fast.pipeline import VideoGenerator, load
 from miga_fast.runtime.compile_cache import is_warm
+from tests.tiny_model import PROMPT
 
-PROMPT = "a red circle moving left on a striped blue background"
 OTHER = "a blue square moving up on a plain red background"
-TINY = TinySpec(frame_size=8, text_dim=16, dit=dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
-                                                    in_channels=3, out_channels=3, text_dim=16, freq_dim=16,
-                                                    ffn_dim=32, num_layers=1))
 SMALL = dict(steps=8, overrides=dict(window=4, zigzag=2, guidance_frames=1, stride=2, end_level=2, refine_level=2,
                                      reflection=False))
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    TinyVideoModel(TINY).save(path)
-    return path
 
 
 def video(gen, prompt, seed, engine_mode, mode="miga-stream", frames=6):

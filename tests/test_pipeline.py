@@ -6,22 +6,9 @@ import torch
 
 from miga_fast import ConfigError
 from miga_fast.cli import main
-from miga_fast.models.tiny.bundle import TinySpec, TinyVideoModel
 from miga_fast.pipeline import load, parse_prompt_schedule
 from miga_fast.video import read_frames
-
-PROMPT = "a red circle moving left on a striped blue background"
-TINY = TinySpec(frame_size=8, text_dim=16, dit=dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
-                                                    in_channels=3, out_channels=3, text_dim=16, freq_dim=16,
-                                                    ffn_dim=32, num_layers=1))
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    TinyVideoModel(TINY).save(path)
-    return path
+from tests.tiny_model import PROMPT, TINY
 
 
 def test_load_roundtrip_and_stream(weights):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from miga_fast.video import read_frames
-from tests.render.conftest import save_tiny
+from tests.tiny_model import save_tiny
 
 PROMPTS = ("a red circle moving left on a striped blue background",
            "a green square moving up on a dotted white background")

@@ -10,11 +10,7 @@ from miga_fast.models.tiny import train
 from miga_fast.models.tiny.bundle import VC2_TINY_UNET, TinySpec, TinyVideoModel, vc2_table
 from miga_fast.models.tiny.clips import clip_grid, sample_plain_clips
 from miga_fast.models.tiny.objective import training_noise
-
-TINY = TinySpec(frame_size=8, text_dim=16, dit=dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
-                                                    in_channels=3, out_channels=3, text_dim=16, freq_dim=16,
-                                                    ffn_dim=32, num_layers=1))
-PROMPT = "a red circle moving left on a striped blue background"
+from tests.tiny_model import PROMPT, TINY
 
 
 def _train(workdir, steps):

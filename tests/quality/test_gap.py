@@ -24,10 +24,7 @@ from miga_fast.quality.study import (
     to_uint8,
     variants_named,
 )
-
-TINY = TinySpec(frame_size=8, text_dim=16, dit=dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
-                                                    in_channels=3, out_channels=3, text_dim=16, freq_dim=16,
-                                                    ffn_dim=32, num_layers=1))
+from tests.tiny_model import TINY
 
 
 @pytest.fixture(autouse=True)
@@ -37,14 +34,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    TinyVideoModel(TINY).save(path)
-    return path
 
 
 def test_patterns():

@@ -2,23 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
 
-from miga_fast.models.tiny.bundle import TinySpec, TinyVideoModel
 from miga_fast.quality import study
 from miga_fast.quality.study import PROMPTS, run_study, variants_named
-
-TINY = TinySpec(frame_size=8, text_dim=16, dit=dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
-                                                    in_channels=3, out_channels=3, text_dim=16, freq_dim=16,
-                                                    ffn_dim=32, num_layers=1))
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    TinyVideoModel(TINY).save(path)
-    return path
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from miga_fast.cli import main
-
-from .conftest import PROMPT
+from tests.tiny_model import PROMPT
 
 CASES = [  # (arguments, what the one line must name)
     *[(["--guidance", v], "--guidance") for v in ("inf", "nan", "-1", "1e9", "abc")],

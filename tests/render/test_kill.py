@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from miga_fast.video import read_frames
-
-from .conftest import PROMPT
+from tests.tiny_model import PROMPT
 
 FRAMES, EVERY = 96, 8
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # same threads in every process: same floats

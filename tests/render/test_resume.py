@@ -14,8 +14,7 @@ from miga_fast import checkpoint
 from miga_fast.errors import CheckpointError, ConfigError, NonFiniteError, RenderError
 from miga_fast.pipeline import VideoGenerator, load
 from miga_fast.video import read_frames
-
-from .conftest import PROMPT, save_tiny
+from tests.tiny_model import PROMPT, save_tiny
 
 N, EVERY = 30, 4
 

@@ -5,15 +5,12 @@ import os
 import pytest
 import torch
 
-from miga_fast.models.tiny.bundle import TinySpec, TinyVideoModel
+from miga_fast.models.tiny.bundle import TinyVideoModel
 from miga_fast.pipeline import load
 from miga_fast.runtime import compile_cache
 from miga_fast.runtime.compile_cache import BREAK_EVEN_FRAMES, choose_mode, engine_key, is_warm, mark_warm
+from tests.tiny_model import PROMPT, TINY
 
-TINY = TinySpec(frame_size=8, text_dim=16, dit=dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
-                                                    in_channels=3, out_channels=3, text_dim=16, freq_dim=16,
-                                                    ffn_dim=32, num_layers=1))
-PROMPT = "a red circle moving left on a striped blue background"
 WINDOW = dict(window=4, zigzag=2, guidance_frames=1, stride=2, end_level=2, refine_level=2, reflection=False)
 
 

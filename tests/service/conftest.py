@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from miga_fast.client import Client
-from tests.render.conftest import PROMPT, save_tiny
+from tests.tiny_model import PROMPT, save_tiny
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
