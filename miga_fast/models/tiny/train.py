@@ -66,8 +66,9 @@ def add_attention(src: VC2UNet, dst: VC2UNet) -> None:
     (both add their branch to `h`) while their inner weights start random.
     """
     new = dst.config.attention_resolutions
+    # GroupNorm weights are per channel whatever the grouping, so dst may also regroup
     if set(src.config.attention_resolutions) - set(new) or dataclasses.replace(
-            src.config, attention_resolutions=new) != dst.config:
+            src.config, attention_resolutions=new, norm_groups=dst.config.norm_groups) != dst.config:
         raise ValueError("add_attention: dst must be src's UNet with a superset of its attention_resolutions")
     state, new_layers = {}, []
     for name in ("input_blocks", "output_blocks"):
@@ -257,7 +258,7 @@ def main(argv=None) -> None:
         if wan and len(start_model.dit.blocks) < len(model.dit.blocks):
             deepen(start_model.dit, len(model.dit.blocks))
             print(f"deepened {args.init} to {len(model.dit.blocks)} blocks (new ones start as the identity)")
-        if not wan and start_model.unet.config != model.unet.config:
+        if not wan and start_model.unet.config.attention_resolutions != model.unet.config.attention_resolutions:
             add_attention(start_model.unet, model.unet)
             model.text.load_state_dict(start_model.text.state_dict())
             print(f"grew {args.init}'s UNet to attention at {model.unet.config.attention_resolutions} (new layers "
