@@ -9,13 +9,20 @@ from level: 9 world clips (3 scenes x circle / square / triangle) noised to DDIM
 t_k) and denoised from there to 0 with the presets' sampler (or each --from-sampler ETA,CFG); shape accuracy
 per shape. A model that keeps
 squares from low k but not from high k decides corners early, under heavy noise; one that rounds them off even
-from a low k cannot draw them at all. Writes shape_probe_<name>.{md,csv} into --out.
+from a low k cannot draw them at all.
+prompt swap: how much the one-step x0 estimate (no CFG) of those noised clips moves when one word of the prompt
+changes (the shape word, or the object's colour word), relative to how much the true clip changes with it:
+mean |x0(p') - x0(p)| / mean |truth(p') - truth(p)|. Near 0 at low k (the input already shows the answer); at
+high k a model that reads a word from the prompt moves by a good fraction of the truth. A shape ratio far below
+the colour ratio at high k says the prompt's shape word barely reaches the output.
+Writes shape_probe_<name>.{md,csv} into --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import random
 import shlex
 import sys
@@ -27,7 +34,7 @@ import torch
 from miga_fast.models.load import tiny_bundle
 from miga_fast.models.tiny.bundle import TinyVideoModel
 from miga_fast.models.tiny.evaluate import PROMPTS, pooled
-from miga_fast.models.tiny.world import SHAPES, parse_prompt, render
+from miga_fast.models.tiny.world import COLOURS, SHAPES, parse_prompt, render
 from miga_fast.quality.scorer import score_clip
 from miga_fast.solvers.ddim import DDIMSolver
 from miga_fast.video import to_uint8
@@ -58,6 +65,24 @@ def denoise(bundle, solver: DDIMSolver, x: torch.Tensor, level: int, prompts: li
         x = solver.step(x, pred.transpose(1, 2).reshape(n, c, h, w), levels, slots=torch.arange(n), state=state,
                         noise=noise)
     return x.view(b, f, c, h, w).transpose(1, 2).clamp(-1, 1)
+
+
+@torch.no_grad()
+def swap_ratio(bundle, solver: DDIMSolver, truth: torch.Tensor, swapped: torch.Tensor, prompts: list[str],
+               swapped_prompts: list[str], level: int, g: torch.Generator) -> float:
+    """One-step x0 change over truth change when `prompts` become `swapped_prompts` (see the module doc).
+
+    truth, swapped: the clips of both prompts ``[B, F, 3, H, W]`` in [-1, 1]; x is `truth` noised to `level`.
+    """
+    b, f = truth.shape[:2]
+    a = solver.alphas[level]
+    t = solver.model_timesteps(torch.full((b * f,), level)).view(b, f)
+    x = (a.sqrt() * truth + (1 - a).sqrt() * torch.randn(truth.shape, generator=g)).transpose(1, 2)
+    cond = torch.cat([bundle.text.encode(p) for p in prompts + swapped_prompts])
+    eps = bundle.denoise(torch.cat([x, x]), torch.cat([t, t]), cond)
+    x0 = (torch.cat([x, x]) - (1 - a).sqrt() * eps) / a.sqrt()
+    moved = (x0[b:] - x0[:b]).abs().mean()
+    return float(moved / (swapped - truth).abs().mean())
 
 
 def scores(clips: torch.Tensor, prompts: list[str]):
@@ -111,8 +136,9 @@ def main(argv=None) -> None:
 
     prompts = [f"a {c} {s} {m} on a {pat} {bg} background" for c, bg, pat, m in SCENES for s in SHAPES]
     rng = random.Random(0)
-    truth = torch.stack([render(parse_prompt(q), f, size, start=rng.uniform(0, 1000),
-                                phase=(rng.random(), rng.random())) for q in prompts])  # [B, F, 3, H, W]
+    starts = [(rng.uniform(0, 1000), (rng.random(), rng.random())) for _ in prompts]
+    truth = torch.stack([render(parse_prompt(q), f, size, start=st, phase=ph)
+                         for q, (st, ph) in zip(prompts, starts, strict=True)])  # [B, F, 3, H, W]
     x0 = truth.reshape(-1, 3, size, size)
     for eta, guidance in from_samplers:
         solver = DDIMSolver(16, eta=eta)
@@ -134,11 +160,31 @@ def main(argv=None) -> None:
             lines.append(f"| {level} | {int(solver.timesteps[level])} | "
                          + " | ".join(f"{acc[s]:.2f}" for s in SHAPES) + " |")
             print(lines[-1], flush=True)
+    swaps = {"shape": lambda sc: dataclasses.replace(sc, shape=SHAPES[(SHAPES.index(sc.shape) + 1) % len(SHAPES)]),
+             "colour": lambda sc: dataclasses.replace(sc, colour=next(
+                 c for c in COLOURS if c not in (sc.colour, sc.background)))}
+    solver = DDIMSolver(16)
+    lines += ["", "## Prompt swap (one-step x0 change / truth change, no CFG; 9 clips x seeds)", "",
+              "| level | DDPM t | " + " | ".join(f"swap {k}" for k in swaps) + " |", "|---|---|" + "---|" * len(swaps)]
+    for level in levels:
+        ratio = {}
+        for kind, swap in swaps.items():
+            scenes = [swap(parse_prompt(q)) for q in prompts]
+            swapped = torch.stack([render(sc, f, size, start=st, phase=ph)
+                                   for sc, (st, ph) in zip(scenes, starts, strict=True)])
+            ratio[kind] = sum(swap_ratio(bundle, solver, truth, swapped, prompts, [sc.prompt for sc in scenes],
+                                         level, torch.Generator().manual_seed(seed))
+                              for seed in range(args.seeds)) / args.seeds
+            rows.append({"probe": f"swap {kind}", "eta": "", "steps": 16, "guidance": 1.0, "level": level,
+                         "shape_of": "all", "swap_ratio": ratio[kind]})
+        lines.append(f"| {level} | {int(solver.timesteps[level])} | " + " | ".join(f"{ratio[k]:.3f}" for k in swaps)
+                     + " |")
+        print(lines[-1], flush=True)
     lines += ["", f"{(time.perf_counter() - start) / 60:.1f} min, {torch.get_num_threads()} threads."]
     name = args.name or args.weights.stem
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / f"shape_probe_{name}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csv.DictWriter(fh, fieldnames=[*rows[0], "swap_ratio"], restval="")
         w.writeheader()
         w.writerows(rows)
     (args.out / f"shape_probe_{name}.md").write_text("\n".join(lines) + "\n")

@@ -45,9 +45,33 @@ def test_shape_probe_writes_both_tables(tmp_path):
                       "--from-sampler", "1,4", "--from-sampler", "0,1"])
     with open(tmp_path / "shape_probe_t.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 + 2 * 2 * len(SHAPES)  # two sampler rows; per from-sampler, per level, per shape
-    assert all(0 <= float(r["one_object"]) <= 1 for r in rows)
+    # two sampler rows; per from-sampler, per level, per shape; per level, two prompt swaps
+    assert len(rows) == 2 + 2 * 2 * len(SHAPES) + 2 * 2
+    assert all(0 <= float(r["one_object"]) <= 1 for r in rows if not r["probe"].startswith("swap"))
+    swaps = [r for r in rows if r["probe"].startswith("swap")]
+    assert {r["probe"] for r in swaps} == {"swap shape", "swap colour"}
+    assert all(float(r["swap_ratio"]) > 0 for r in swaps)  # random weights: the output moves with the prompt
     md = (tmp_path / "shape_probe_t.md").read_text()
     assert "--from-sampler 0,1" in md  # the command that made it
     assert "(DDIM eta 1, 16 levels, CFG 4;" in md and "(DDIM eta 0, 16 levels, CFG 1;" in md
+    assert "## Prompt swap" in md
     assert "| 1 | 16 | 4 |" in md and "| 0 | 4 | 2 |" in md and "| 15 | 999 |" in md and "| 3 | 200 |" in md
+
+
+def test_a_model_that_draws_each_prompt_exactly_moves_as_much_as_the_truth_under_a_prompt_swap():
+    prompts = ["a red square moving left on a plain gray background", "a red circle moving left on a plain gray "
+               "background"]
+    clips = torch.stack([render(parse_prompt(p), 4, 32, start=3.0) for p in prompts])  # [2, F, 3, H, W]
+    acp = torch.tensor(vc2_alphas_cumprod(), dtype=torch.float32)
+
+    def oracle(x, t, cond):  # each prompt's own clip is the x0 it denoises to
+        a = acp[t.long()].view(t.shape[0], 1, t.shape[1], 1, 1)
+        return (x - a.sqrt() * clips[cond.view(-1).long()].transpose(1, 2)) / (1 - a).sqrt()
+
+    bundle = SimpleNamespace(denoise=oracle, text=SimpleNamespace(
+        encode=lambda p: torch.full((1, 1, 1), float(prompts.index(p)))))
+    solver = DDIMSolver(16)
+    for level in (3, 15):
+        ratio = shape_probe.swap_ratio(bundle, solver, clips[:1], clips[1:], prompts[:1], prompts[1:], level,
+                                       torch.Generator().manual_seed(0))
+        assert abs(ratio - 1) < 1e-3, (level, ratio)
